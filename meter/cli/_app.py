@@ -1,0 +1,59 @@
+"""The root Typer app, shared by every command module, and the CLI's error handling."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+
+from meter._exceptions import MeterError
+from meter.db.session import Database, open_database
+from meter.settings import Settings, get_settings
+
+app = typer.Typer(
+    name="meter",
+    help="Meter the tokens and money your LLM calls cost.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn meter's own errors into one red line and exit code 2, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except MeterError as exc:
+            raise fail(str(exc)) from None
+        except ValueError as exc:
+            raise fail(str(exc)) from None
+
+    return wrapper
+
+
+def settings() -> Settings:
+    try:
+        return get_settings()
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise fail(f"bad configuration: {exc}") from None
+
+
+def database(upgrade: bool = True) -> Database:
+    """The configured database; SQLite and the CLI bring the schema to head themselves."""
+    return open_database(settings(), upgrade=upgrade)

@@ -1,0 +1,212 @@
+"""The ledger: events in, priced once and for ever, deduplicated by id.
+
+Both the recorder (client side) and `POST /v1/events` store through `insert_events`. The caller
+owns the transaction. In that same transaction every touched (week, team, user, model) group is
+marked dirty, so the roll-up finds it whatever order concurrent transactions commit in.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from meter.db import models
+from meter.events import EventRecord
+from meter.money import provider_cost_to_units
+from meter.pricing import Price, PriceBook
+from meter.weeks import week_of
+
+EVENT_COLUMNS = (
+    "id",
+    "occurred_at",
+    "week_start",
+    "model",
+    "user",
+    "team",
+    "tags",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "status",
+    "usage_source",
+    "latency_ms",
+    "ttft_ms",
+    "generation_id",
+    "provider_cost_units",
+    "price_id",
+    "input_cost_units",
+    "output_cost_units",
+    "received_at",
+)
+_QUOTED = ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
+
+Group = tuple[date, str, str, str]  # (week_start, team, user, model)
+
+
+@dataclass(frozen=True)
+class InsertResult:
+    inserted: int
+    duplicates: int
+
+
+def load_price_book(conn: Connection) -> PriceBook:
+    rows = conn.execute(
+        sa.select(
+            models.Price.id,
+            models.Price.model,
+            models.Price.input_units,
+            models.Price.output_units,
+            models.Price.effective_from,
+            models.Price.context_length,
+        )
+    )
+    return PriceBook.of(
+        Price(
+            model=r.model,
+            input_units=r.input_units,
+            output_units=r.output_units,
+            effective_from=r.effective_from,
+            context_length=r.context_length,
+            id=r.id,
+        )
+        for r in rows
+    )
+
+
+def _sqlite_datetime(moment: datetime) -> str:
+    # The exact text SQLAlchemy's SQLite DateTime writes, so comparisons stay consistent.
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _row(
+    event: EventRecord, book: PriceBook, tz: ZoneInfo, received_at: datetime, sqlite: bool
+) -> tuple[Any, ...]:
+    price = book.price_at(event.model, event.occurred_at)
+    if price is None:
+        price_id = input_cost = output_cost = None
+    else:
+        price_id = price.id
+        input_cost = event.prompt_tokens * price.input_units
+        output_cost = event.completion_tokens * price.output_units
+    week_start = week_of(event.occurred_at, tz).start
+    tags = json.dumps(event.tags, ensure_ascii=False) if event.tags is not None else None
+    provider_cost = provider_cost_to_units(event.provider_cost_usd)
+    if sqlite:
+        ident: Any = event.id.hex
+        occurred: Any = _sqlite_datetime(event.occurred_at)
+        week: Any = week_start.isoformat()
+        received: Any = _sqlite_datetime(received_at)
+    else:
+        ident = event.id
+        occurred = event.occurred_at.astimezone(UTC).replace(tzinfo=None)
+        week = week_start
+        received = received_at.astimezone(UTC).replace(tzinfo=None)
+    return (
+        ident,
+        occurred,
+        week,
+        event.model,
+        event.user or "",
+        event.team or "",
+        tags,
+        event.prompt_tokens,
+        event.completion_tokens,
+        event.cached_tokens,
+        event.reasoning_tokens,
+        event.status,
+        event.usage_source,
+        event.latency_ms,
+        event.ttft_ms,
+        event.generation_id,
+        provider_cost,
+        price_id,
+        input_cost,
+        output_cost,
+        received,
+    )
+
+
+def insert_events(
+    conn: Connection,
+    events: Sequence[EventRecord],
+    book: PriceBook,
+    tz: ZoneInfo,
+    received_at: datetime | None = None,
+) -> InsertResult:
+    """Insert new events, ignore ids already stored (or repeated in the batch)."""
+    if not events:
+        return InsertResult(0, 0)
+    received_at = received_at or datetime.now(UTC)
+    sqlite = conn.dialect.name == "sqlite"
+    seen: set[Any] = set()
+    rows = []
+    for event in events:
+        if event.id in seen:
+            continue
+        seen.add(event.id)
+        rows.append(_row(event, book, tz, received_at, sqlite))
+    inserted = _insert_sqlite(conn, rows) if sqlite else _insert_postgres(conn, rows)
+    mark_dirty(conn, {(r[2], r[5], r[4], r[3]) for r in rows})
+    return InsertResult(inserted, len(events) - inserted)
+
+
+def _insert_sqlite(conn: Connection, rows: list[tuple[Any, ...]]) -> int:
+    placeholders = ", ".join("?" * len(EVENT_COLUMNS))
+    cursor = conn.exec_driver_sql(
+        f"INSERT OR IGNORE INTO events ({_QUOTED}) VALUES ({placeholders})", rows
+    )
+    return max(cursor.rowcount, 0)
+
+
+def _insert_postgres(conn: Connection, rows: list[tuple[Any, ...]]) -> int:
+    """COPY into a temporary table, then one INSERT ... ON CONFLICT DO NOTHING."""
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    with raw.cursor() as cur:
+        cur.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS events_incoming "
+            "(LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        with cur.copy(f"COPY events_incoming ({_QUOTED}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cur.execute(
+            f"INSERT INTO events ({_QUOTED}) SELECT {_QUOTED} FROM events_incoming "
+            "ON CONFLICT (id) DO NOTHING"
+        )
+        inserted = cur.rowcount
+        cur.execute("TRUNCATE events_incoming")
+    return max(int(inserted), 0)
+
+
+def mark_dirty(conn: Connection, groups: Iterable[tuple[Any, str, str, str]]) -> None:
+    """Queue groups for the roll-up. Sorted, so that concurrent writers lock rows in one order."""
+    sqlite = conn.dialect.name == "sqlite"
+    ordered = sorted({(_as_date(w), t, u, m) for (w, t, u, m) in groups})
+    if not ordered:
+        return
+    params = [
+        {"w": w.isoformat() if sqlite else w, "t": t, "u": u, "m": m} for (w, t, u, m) in ordered
+    ]
+    conn.execute(
+        sa.text(
+            'INSERT INTO rollup_dirty (week_start, team, "user", model, n) '
+            "VALUES (:w, :t, :u, :m, 1) "
+            'ON CONFLICT (week_start, team, "user", model) DO UPDATE SET n = rollup_dirty.n + 1'
+        ),
+        params,
+    )
+
+
+def _as_date(value: object) -> date:
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value))

@@ -1,0 +1,218 @@
+"""The schema. Money columns hold integer units of 1e-12 USD (see meter.money); timestamps are
+naive UTC (SQLite would silently drop an offset); `team`/`user` are '' when absent so that they
+can take part in unique keys."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out; stored as naive UTC everywhere."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC)
+
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING)
+    type_annotation_map = {  # noqa: RUF012
+        datetime: UTCDateTime(),
+        int: sa.Integer(),
+        str: sa.String(),
+        uuid.UUID: sa.Uuid(),
+        date: sa.Date(),
+        dict[str, str]: sa.JSON(),
+        list[str]: sa.JSON(),
+    }
+
+
+BigInt = sa.BigInteger()
+
+
+class Meta(Base):
+    """Facts fixed when the database is created, such as its timezone."""
+
+    __tablename__ = "meter_meta"
+    key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(sa.String(256))
+
+
+class Price(Base):
+    __tablename__ = "prices"
+    __table_args__ = (sa.UniqueConstraint("model", "effective_from"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(sa.String(200))
+    input_units: Mapped[int] = mapped_column(BigInt)  # 1e-12 USD per token
+    output_units: Mapped[int] = mapped_column(BigInt)
+    effective_from: Mapped[datetime]
+    context_length: Mapped[int | None]
+    created_at: Mapped[datetime]
+
+
+class Event(Base):
+    """One LLM call. `id` is client-made (UUIDv7) and is the idempotency key."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        sa.Index("ix_events_group", "week_start", "team", "user", "model"),
+        sa.Index("ix_events_occurred_at", "occurred_at", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    occurred_at: Mapped[datetime]
+    week_start: Mapped[date]  # local Monday of occurred_at in the database's timezone
+    model: Mapped[str] = mapped_column(sa.String(200))
+    user: Mapped[str] = mapped_column(sa.String(200), default="")
+    team: Mapped[str] = mapped_column(sa.String(200), default="")
+    tags: Mapped[dict[str, str] | None]
+    prompt_tokens: Mapped[int] = mapped_column(BigInt)
+    completion_tokens: Mapped[int] = mapped_column(BigInt)
+    cached_tokens: Mapped[int | None] = mapped_column(BigInt)
+    reasoning_tokens: Mapped[int | None] = mapped_column(BigInt)
+    status: Mapped[str] = mapped_column(sa.String(16))
+    usage_source: Mapped[str] = mapped_column(sa.String(16))
+    latency_ms: Mapped[int | None]
+    ttft_ms: Mapped[int | None]
+    generation_id: Mapped[str | None] = mapped_column(sa.String(200))
+    provider_cost_units: Mapped[int | None] = mapped_column(BigInt)
+    price_id: Mapped[int | None] = mapped_column(sa.ForeignKey("prices.id"))
+    input_cost_units: Mapped[int | None] = mapped_column(BigInt)  # None: unpriced
+    output_cost_units: Mapped[int | None] = mapped_column(BigInt)
+    received_at: Mapped[datetime]
+
+
+class RollupDirty(Base):
+    """A (week, team, user, model) group whose totals must be recomputed.
+
+    Written in the same transaction as the events that touch it, so a group can never be
+    forgotten by a roll-up, whatever order concurrent transactions commit in. `n` is bumped by
+    every writer: the roll-up removes the row only if `n` did not change while it ran.
+    """
+
+    __tablename__ = "rollup_dirty"
+    week_start: Mapped[date] = mapped_column(primary_key=True)
+    team: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    user: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    model: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInt, default=1)
+
+
+class WeeklyUsage(Base):
+    """Roll-up totals per (week, team, user, model)."""
+
+    __tablename__ = "weekly_usage"
+    __table_args__ = (
+        sa.Index("ix_weekly_usage_team_week", "team", "week_start"),
+        sa.Index("ix_weekly_usage_user_week", "user", "week_start"),
+    )
+
+    week_start: Mapped[date] = mapped_column(primary_key=True)
+    team: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    user: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    model: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInt)
+    prompt_tokens: Mapped[int] = mapped_column(BigInt)
+    completion_tokens: Mapped[int] = mapped_column(BigInt)
+    errors: Mapped[int] = mapped_column(BigInt)
+    estimated: Mapped[int] = mapped_column(BigInt)
+    unpriced: Mapped[int] = mapped_column(BigInt)
+    input_cost_units: Mapped[int] = mapped_column(BigInt)  # over priced events only
+    output_cost_units: Mapped[int] = mapped_column(BigInt)
+    updated_at: Mapped[datetime]
+
+
+class RollupState(Base):
+    """One row: the lease that lets one roll-up run at a time, and when one last finished."""
+
+    __tablename__ = "rollup_state"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    holder: Mapped[str | None] = mapped_column(sa.String(100))
+    lease_expires_at: Mapped[datetime | None]
+    last_run_at: Mapped[datetime | None]  # `as_of` of every report
+    last_run_events: Mapped[int | None] = mapped_column(BigInt)
+    last_run_duration_ms: Mapped[int | None]
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    key_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)  # SHA-256 hex
+    prefix: Mapped[str] = mapped_column(sa.String(16))  # shown in lists to tell keys apart
+    role: Mapped[str] = mapped_column(sa.String(16))
+    team: Mapped[str | None] = mapped_column(sa.String(200))
+    name: Mapped[str | None] = mapped_column(sa.String(200))
+    created_at: Mapped[datetime]
+
+
+class Budget(Base):
+    __tablename__ = "budgets"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(sa.String(16))  # team | user | global
+    subject: Mapped[str] = mapped_column(sa.String(200), default="")  # '' for global
+    weekly_limit_units: Mapped[int] = mapped_column(BigInt)
+    thresholds: Mapped[list[str]]  # decimal strings, ascending
+    webhook_url: Mapped[str | None] = mapped_column(sa.String(2000))
+    webhook_secret: Mapped[str | None] = mapped_column(sa.String(500))  # write-only via the API
+    enforce: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class Alert(Base):
+    """A fired threshold. The unique key makes each (budget, type, week, threshold) fire once,
+    whichever process gets there first; the row is also the delivery's durable outbox entry."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        sa.UniqueConstraint("budget_id", "type", "week_start", "threshold"),
+        sa.Index("ix_alerts_delivery", "delivery_status", "next_attempt_at"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    budget_id: Mapped[int] = mapped_column(sa.ForeignKey("budgets.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(sa.String(40))
+    week_start: Mapped[date]
+    threshold: Mapped[str] = mapped_column(sa.String(20))  # decimal string; '' for projections
+    spend_units: Mapped[int] = mapped_column(BigInt)
+    limit_units: Mapped[int] = mapped_column(BigInt)
+    projected_units: Mapped[int | None] = mapped_column(BigInt)
+    fired_at: Mapped[datetime]
+    payload: Mapped[str | None] = mapped_column(sa.Text)  # exact bytes to sign and send
+    delivery_status: Mapped[str] = mapped_column(sa.String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(sa.String(500))
+    next_attempt_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]

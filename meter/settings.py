@@ -1,0 +1,55 @@
+"""Settings from the environment (prefix `METER_`), read in this one place."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from meter.weeks import load_timezone
+
+DEFAULT_DATABASE_URL = "sqlite:///./meter.db"
+DEFAULT_UPSTREAM_BASE_URL = "https://openrouter.ai/api/v1"
+
+
+def default_spool_dir() -> Path:
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "meter" / "spool"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="METER_", extra="ignore")
+
+    database_url: str = DEFAULT_DATABASE_URL
+    timezone: str = "UTC"
+    rollup_interval_seconds: float = Field(default=60.0, gt=0)
+    admin_key: SecretStr | None = None
+    upstream_base_url: str = DEFAULT_UPSTREAM_BASE_URL
+    openrouter_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("OPENROUTER_API_KEY")
+    )
+    spool_dir: Path = Field(default_factory=default_spool_dir)
+    spool_max_bytes: int = Field(default=1 << 30, gt=0)
+    webhook_allow_private: bool = False
+    webhook_allow_hosts: str | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        load_timezone(value)
+        return value
+
+    @property
+    def allowed_webhook_hosts(self) -> frozenset[str] | None:
+        if not self.webhook_allow_hosts:
+            return None
+        return frozenset(
+            h.strip().lower() for h in self.webhook_allow_hosts.split(",") if h.strip()
+        )
+
+
+def get_settings(**overrides: object) -> Settings:
+    """A fresh read of the environment; tests override fields by keyword."""
+    return Settings(**overrides)  # type: ignore[arg-type]

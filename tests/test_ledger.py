@@ -1,0 +1,146 @@
+"""The ledger on both databases: exact costs, frozen prices, dedupe, reprice."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from meter.db import models
+from meter.db.ledger import insert_events, load_price_book
+from meter.db.prices import add_price, reprice
+from meter.db.session import Database
+from meter.money import render_usd
+from meter.pricing import SEED_MODEL, make_price
+from tests.factories import event
+
+
+def store(db: Database, events: list) -> tuple[int, int]:
+    with db.engine.begin() as conn:
+        result = insert_events(conn, events, load_price_book(conn), db.tz)
+    return result.inserted, result.duplicates
+
+
+def costs(db: Database) -> list[tuple[int | None, int | None]]:
+    with db.engine.connect() as conn:
+        return [
+            (r.input_cost_units, r.output_cost_units)
+            for r in conn.execute(
+                sa.select(models.Event.input_cost_units, models.Event.output_cost_units)
+                .order_by(models.Event.id)
+            )
+        ]
+
+
+def test_ten_thousand_one_plus_one_token_calls_cost_exactly_three_tenths_of_a_cent(db: Database):
+    assert store(db, [event() for _ in range(10_000)]) == (10_000, 0)
+    with db.engine.connect() as conn:
+        total = conn.execute(
+            sa.select(sa.func.sum(models.Event.input_cost_units + models.Event.output_cost_units))
+        ).scalar_one()
+    assert render_usd(int(total)) == "0.003"
+
+
+def test_duplicate_ids_are_counted_not_stored_twice(db: Database):
+    first = event()
+    again = event(id=first.id, prompt_tokens=999)
+    assert store(db, [first, again, event()]) == (2, 1)
+    assert store(db, [first]) == (0, 1)
+    with db.engine.connect() as conn:
+        rows = conn.execute(sa.select(models.Event.prompt_tokens)).scalars().all()
+    assert sorted(rows) == [1, 1]
+
+
+def test_a_price_added_later_does_not_change_earlier_events(db: Database):
+    before = event(prompt_tokens=1_000_000, completion_tokens=1_000_000,
+                   occurred_at=datetime(2026, 11, 2, tzinfo=UTC))
+    store(db, [before])
+    with db.engine.begin() as conn:
+        add_price(conn, make_price(SEED_MODEL, "0.50", "0.90", datetime(2026, 11, 10, tzinfo=UTC)))
+    after = event(prompt_tokens=1_000_000, completion_tokens=1_000_000,
+                  occurred_at=datetime(2026, 11, 11, tzinfo=UTC))
+    backdated = event(prompt_tokens=1_000_000, completion_tokens=1_000_000,
+                      occurred_at=datetime(2026, 11, 3, tzinfo=UTC))
+    store(db, [after, backdated])
+    with db.engine.connect() as conn:
+        rows = dict(conn.execute(sa.select(models.Event.id, models.Event.input_cost_units)).all())
+    assert render_usd(rows[before.id]) == "0.11"
+    assert render_usd(rows[backdated.id]) == "0.11"  # priced at its occurred_at
+    assert render_usd(rows[after.id]) == "0.5"
+    with db.engine.begin() as conn:
+        assert reprice(conn).events == 0  # nothing unpriced, nothing touched
+    assert render_usd(costs(db)[0][0]) == "0.11"
+
+
+def test_unknown_model_is_unpriced_until_a_price_covers_it_then_reprice(db: Database):
+    e = event(model="acme/new-model", prompt_tokens=2_000, completion_tokens=500,
+              occurred_at=datetime(2026, 11, 20, tzinfo=UTC))
+    store(db, [e])
+    assert costs(db) == [(None, None)]
+    with db.engine.begin() as conn:
+        add_price(conn, make_price("acme/new-model", "1.5", "2.000001",
+                                   datetime(2026, 11, 21, tzinfo=UTC)))
+        assert reprice(conn).events == 0  # the price starts after the event
+    with db.engine.begin() as conn:
+        add_price(conn, make_price("acme/new-model", "1", "2", datetime(2026, 11, 1, tzinfo=UTC)))
+        result = reprice(conn)
+    assert result.events == 1
+    assert result.weeks == ["2026-W47"]
+    (input_units, output_units), = costs(db)
+    assert render_usd(input_units) == "0.002"
+    assert render_usd(output_units) == "0.001"
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    prompt=st.integers(0, 10_000_000),
+    completion=st.integers(0, 10_000_000),
+    input_micro=st.integers(0, 100_000_000),
+    output_micro=st.integers(0, 100_000_000),
+)
+def test_stored_cost_is_the_exact_decimal_product(
+    db: Database, prompt: int, completion: int, input_micro: int, output_micro: int
+):
+    """Random prices with up to 6 decimals per 1M tokens, random token counts."""
+    input_price = Decimal(input_micro).scaleb(-6)
+    output_price = Decimal(output_micro).scaleb(-6)
+    model = f"prop/{input_micro}-{output_micro}"
+    when = datetime(2026, 1, 5, tzinfo=UTC)
+    with db.engine.begin() as conn:
+        existing = conn.execute(
+            sa.select(models.Price.id).where(models.Price.model == model)
+        ).first()
+        if existing is None:
+            add_price(conn, make_price(model, str(input_price), str(output_price), when))
+    e = event(model=model, prompt_tokens=prompt, completion_tokens=completion,
+              occurred_at=when + timedelta(days=1))
+    store(db, [e])
+    with db.engine.connect() as conn:
+        row = conn.execute(
+            sa.select(models.Event.input_cost_units, models.Event.output_cost_units)
+            .where(models.Event.id == e.id)
+        ).one()
+    expected_in = input_price * prompt / Decimal(10**6)
+    expected_out = output_price * completion / Decimal(10**6)
+    assert Decimal(render_usd(row.input_cost_units)) == expected_in
+    assert Decimal(render_usd(row.output_cost_units)) == expected_out
+    assert Decimal(render_usd(row.input_cost_units + row.output_cost_units)) == (
+        expected_in + expected_out
+    )
+    assert "E" not in render_usd(row.input_cost_units)
+
+
+def test_occurred_at_with_offset_lands_in_its_utc_week(db: Database):
+    from zoneinfo import ZoneInfo
+
+    late_sunday_local = datetime(2026, 11, 29, 20, 0, tzinfo=ZoneInfo("America/New_York"))
+    e = event(occurred_at=late_sunday_local)  # Monday 01:00 UTC
+    store(db, [e])
+    with db.engine.connect() as conn:
+        row = conn.execute(sa.select(models.Event.occurred_at, models.Event.week_start)).one()
+    assert row.occurred_at == datetime(2026, 11, 30, 1, 0, tzinfo=UTC)
+    assert row.week_start.isoformat() == "2026-11-30"
