@@ -9,12 +9,14 @@ from meter._exceptions import (
     StoreUnavailable,
     UpstreamError,
 )
+from meter.recorder.meter import Meter
 
 __all__ = [
     "BudgetExceeded",
     "ConfigError",
     "InvalidPrice",
     "InvalidRequest",
+    "Meter",
     "MeterError",
     "StoreUnavailable",
     "UpstreamError",
