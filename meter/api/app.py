@@ -11,7 +11,21 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from meter import __version__
-from meter.api.routes import health
+from meter.api.routes import (
+    alerts,
+    budgets,
+    dashboard,
+    docs,
+    events,
+    health,
+    keys,
+    metrics,
+    prices,
+    reports,
+    rollup,
+    teams,
+    usage,
+)
 from meter.db.session import Database
 from meter.settings import Settings
 
@@ -40,5 +54,20 @@ def create_app(settings: Settings, db: Database, *, scheduler: bool = True) -> F
         log.warning("database error on %s %s: %s", request.method, request.url.path, exc.orig)
         return JSONResponse({"detail": "database unreachable"}, status_code=503)
 
-    app.include_router(health.router)
+    for module in (
+        health,
+        events,
+        usage,
+        reports,
+        teams,
+        prices,
+        keys,
+        rollup,
+        budgets,
+        alerts,
+        metrics,
+        docs,
+        dashboard,
+    ):
+        app.include_router(module.router)
     return app

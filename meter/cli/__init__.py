@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from meter.cli import db, prices, serve  # noqa: F401  (they register their commands)
+from meter.cli import (  # noqa: F401  (each registers its commands)
+    budgets,
+    db,
+    demo,
+    keys,
+    mock_upstream,
+    prices,
+    report,
+    rollup,
+    serve,
+    spool,
+)
 from meter.cli._app import app
 
 

@@ -70,8 +70,14 @@ class Meter:
         event = EventRecord(
             id=uuid.UUID(event_id) if event_id else uuid7(),
             occurred_at=occurred_at or datetime.now(UTC),
-            model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-            user=user, team=team, tags=tags, status=status, **extra,
+            model=model,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            user=user,
+            team=team,
+            tags=tags,
+            status=status,
+            **extra,
         )
         self._submit(event)
         return event

@@ -1,0 +1,1 @@
+"""Budgets: weekly limits per team, user or everything; alerts when spend crosses thresholds."""

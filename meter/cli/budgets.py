@@ -1,0 +1,3 @@
+"""`meter budgets`. (Being written.)"""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""`meter demo`. (Being written.)"""
+
+from __future__ import annotations

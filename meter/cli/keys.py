@@ -1,0 +1,3 @@
+"""`meter keys`. (Being written.)"""
+
+from __future__ import annotations

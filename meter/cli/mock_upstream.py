@@ -1,0 +1,3 @@
+"""`meter mock-upstream`. (Being written.)"""
+
+from __future__ import annotations

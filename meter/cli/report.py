@@ -1,0 +1,3 @@
+"""`meter report`. (Being written.)"""
+
+from __future__ import annotations

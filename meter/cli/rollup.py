@@ -1,0 +1,3 @@
+"""`meter rollup`. (Being written.)"""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""`meter spool`. (Being written.)"""
+
+from __future__ import annotations
