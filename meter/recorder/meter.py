@@ -13,6 +13,7 @@ from meter.db.ledger import insert_events, load_price_book
 from meter.db.session import Database, open_database
 from meter.events import EventRecord
 from meter.ids import uuid7
+from meter.pricing import Price
 from meter.settings import Settings, get_settings
 
 
@@ -49,6 +50,12 @@ class Meter:
 
     def check_budget(self, *, team: str | None, user: str | None) -> None:
         """Raise BudgetExceeded when an enforced budget covering the call is used up."""
+
+    def price_at(self, model: str, moment: datetime) -> Price | None:
+        """The price in effect for `model` at `moment` (cached price book), None if unpriced."""
+        db = self._database()
+        with db.engine.connect() as conn:
+            return load_price_book(conn).price_at(model, moment)
 
     # -- public API --------------------------------------------------------------------------
     def record(
