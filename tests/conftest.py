@@ -20,10 +20,10 @@ os.environ["METER_WEBHOOK_ALLOW_HOSTS"] = "127.0.0.1,localhost"
 os.environ.pop("METER_DATABASE_URL", None)
 os.environ.pop("METER_ADMIN_KEY", None)
 
-from meter.db import migrate  # noqa: E402
-from meter.db.engine import make_engine  # noqa: E402
-from meter.db.session import Database  # noqa: E402
-from meter.weeks import load_timezone  # noqa: E402
+from meter.db import migrate
+from meter.db.engine import make_engine
+from meter.db.session import Database
+from meter.weeks import load_timezone
 
 POSTGRES_URL = os.environ.get(
     "METER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -167,7 +167,9 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def databases(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DatabaseFactory]:
+def databases(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[DatabaseFactory]:
     factory = DatabaseFactory(backend, request, tmp_path)
     yield factory
     factory.cleanup()

@@ -29,8 +29,9 @@ def costs(db: Database) -> list[tuple[int | None, int | None]]:
         return [
             (r.input_cost_units, r.output_cost_units)
             for r in conn.execute(
-                sa.select(models.Event.input_cost_units, models.Event.output_cost_units)
-                .order_by(models.Event.id)
+                sa.select(models.Event.input_cost_units, models.Event.output_cost_units).order_by(
+                    models.Event.id
+                )
             )
         ]
 
@@ -55,15 +56,24 @@ def test_duplicate_ids_are_counted_not_stored_twice(db: Database):
 
 
 def test_a_price_added_later_does_not_change_earlier_events(db: Database):
-    before = event(prompt_tokens=1_000_000, completion_tokens=1_000_000,
-                   occurred_at=datetime(2026, 11, 2, tzinfo=UTC))
+    before = event(
+        prompt_tokens=1_000_000,
+        completion_tokens=1_000_000,
+        occurred_at=datetime(2026, 11, 2, tzinfo=UTC),
+    )
     store(db, [before])
     with db.engine.begin() as conn:
         add_price(conn, make_price(SEED_MODEL, "0.50", "0.90", datetime(2026, 11, 10, tzinfo=UTC)))
-    after = event(prompt_tokens=1_000_000, completion_tokens=1_000_000,
-                  occurred_at=datetime(2026, 11, 11, tzinfo=UTC))
-    backdated = event(prompt_tokens=1_000_000, completion_tokens=1_000_000,
-                      occurred_at=datetime(2026, 11, 3, tzinfo=UTC))
+    after = event(
+        prompt_tokens=1_000_000,
+        completion_tokens=1_000_000,
+        occurred_at=datetime(2026, 11, 11, tzinfo=UTC),
+    )
+    backdated = event(
+        prompt_tokens=1_000_000,
+        completion_tokens=1_000_000,
+        occurred_at=datetime(2026, 11, 3, tzinfo=UTC),
+    )
     store(db, [after, backdated])
     with db.engine.connect() as conn:
         rows = dict(conn.execute(sa.select(models.Event.id, models.Event.input_cost_units)).all())
@@ -76,26 +86,33 @@ def test_a_price_added_later_does_not_change_earlier_events(db: Database):
 
 
 def test_unknown_model_is_unpriced_until_a_price_covers_it_then_reprice(db: Database):
-    e = event(model="acme/new-model", prompt_tokens=2_000, completion_tokens=500,
-              occurred_at=datetime(2026, 11, 20, tzinfo=UTC))
+    e = event(
+        model="acme/new-model",
+        prompt_tokens=2_000,
+        completion_tokens=500,
+        occurred_at=datetime(2026, 11, 20, tzinfo=UTC),
+    )
     store(db, [e])
     assert costs(db) == [(None, None)]
     with db.engine.begin() as conn:
-        add_price(conn, make_price("acme/new-model", "1.5", "2.000001",
-                                   datetime(2026, 11, 21, tzinfo=UTC)))
+        add_price(
+            conn,
+            make_price("acme/new-model", "1.5", "2.000001", datetime(2026, 11, 21, tzinfo=UTC)),
+        )
         assert reprice(conn).events == 0  # the price starts after the event
     with db.engine.begin() as conn:
         add_price(conn, make_price("acme/new-model", "1", "2", datetime(2026, 11, 1, tzinfo=UTC)))
         result = reprice(conn)
     assert result.events == 1
     assert result.weeks == ["2026-W47"]
-    (input_units, output_units), = costs(db)
+    ((input_units, output_units),) = costs(db)
     assert render_usd(input_units) == "0.002"
     assert render_usd(output_units) == "0.001"
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     prompt=st.integers(0, 10_000_000),
     completion=st.integers(0, 10_000_000),
@@ -116,13 +133,18 @@ def test_stored_cost_is_the_exact_decimal_product(
         ).first()
         if existing is None:
             add_price(conn, make_price(model, str(input_price), str(output_price), when))
-    e = event(model=model, prompt_tokens=prompt, completion_tokens=completion,
-              occurred_at=when + timedelta(days=1))
+    e = event(
+        model=model,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        occurred_at=when + timedelta(days=1),
+    )
     store(db, [e])
     with db.engine.connect() as conn:
         row = conn.execute(
-            sa.select(models.Event.input_cost_units, models.Event.output_cost_units)
-            .where(models.Event.id == e.id)
+            sa.select(models.Event.input_cost_units, models.Event.output_cost_units).where(
+                models.Event.id == e.id
+            )
         ).one()
     expected_in = input_price * prompt / Decimal(10**6)
     expected_out = output_price * completion / Decimal(10**6)

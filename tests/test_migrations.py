@@ -20,10 +20,14 @@ def test_upgrade_downgrade_upgrade_and_no_drift(databases: DatabaseFactory):
     engine = make_engine(databases.url(migrated=False))
     try:
         migrate.upgrade(engine, "UTC")
-        assert {"events", "prices", "weekly_usage", "budgets", "alerts", "api_keys"} <= tables(engine)
+        assert {"events", "prices", "weekly_usage", "budgets", "alerts", "api_keys"} <= tables(
+            engine
+        )
         with engine.connect() as conn:
             assert migrate.current_revision(conn) == migrate.head_revision()
-            seeded = conn.execute(sa.text("SELECT model, input_units, output_units FROM prices")).all()
+            seeded = conn.execute(
+                sa.text("SELECT model, input_units, output_units FROM prices")
+            ).all()
         assert seeded == [("mistralai/mistral-7b-instruct-v0.1", 110_000, 190_000)]
         migrate.downgrade(engine, "base")
         assert tables(engine) == set()
@@ -38,7 +42,9 @@ def test_a_database_keeps_the_timezone_it_was_created_with(databases: DatabaseFa
     engine = make_engine(databases.url(timezone="Europe/Paris"))
     try:
         migrate.upgrade(engine, "Europe/Paris")  # same timezone: fine, idempotent
-        with pytest.raises(ConfigError, match="counts weeks in Europe/Paris.*METER_TIMEZONE is UTC"):
+        with pytest.raises(
+            ConfigError, match=r"counts weeks in Europe/Paris.*METER_TIMEZONE is UTC"
+        ):
             migrate.upgrade(engine, "UTC")
         with pytest.raises(ConfigError, match="Europe/Paris"):
             migrate.check_ready(engine, "UTC")

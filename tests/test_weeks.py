@@ -65,10 +65,14 @@ def test_new_york_monday_midnight_boundary_is_local():
 
 def test_week_ranges():
     assert [w.label for w in weeks_back(parse_week("2027-W02"), 3)] == [
-        "2026-W53", "2027-W01", "2027-W02"
+        "2026-W53",
+        "2027-W01",
+        "2027-W02",
     ]
     assert weeks_between(parse_week("2026-W52"), parse_week("2027-W01")) == [
-        Week(date(2026, 12, 21)), Week(date(2026, 12, 28)), Week(date(2027, 1, 4))
+        Week(date(2026, 12, 21)),
+        Week(date(2026, 12, 28)),
+        Week(date(2027, 1, 4)),
     ]
 
 
