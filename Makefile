@@ -21,7 +21,7 @@ test: $(BIN)/.installed
 	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check meter tests migrations bench
+	$(BIN)/ruff check .
 	$(BIN)/mypy meter
 
 check: lint test
