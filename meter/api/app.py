@@ -6,11 +6,10 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import sqlalchemy as sa
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI
 
 from meter import __version__
+from meter.api.errors import MAX_BODY_BYTES, install_error_handlers, reject_unknown_query_params
 from meter.api.routes import (
     alerts,
     budgets,
@@ -26,6 +25,7 @@ from meter.api.routes import (
     teams,
     usage,
 )
+from meter.budgets.delivery import DeliveryWorker
 from meter.db.session import Database
 from meter.settings import Settings
 
@@ -37,22 +37,32 @@ def create_app(settings: Settings, db: Database, *, scheduler: bool = True) -> F
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
+        # Webhooks go out from a thread of their own: a slow receiver never holds up a request
+        # or a roll-up, and what is pending survives a restart in the alerts table.
+        webhooks = DeliveryWorker(db, settings)
+        webhooks.start()
+        app.state.webhooks = webhooks
+        try:
+            yield
+        finally:
+            webhooks.stop()
 
     app = FastAPI(
         title="meter",
         version=__version__,
         description="Exact token and cost metering for LLM API calls.",
         lifespan=lifespan,
+        # Our own /docs and /redoc (routes/docs.py) serve their assets from the package: offline.
+        docs_url=None,
+        redoc_url=None,
+        max_body_size=MAX_BODY_BYTES,  # 413 on Content-Length and while streaming
+        dependencies=[Depends(reject_unknown_query_params)],
     )
     app.state.settings = settings
     app.state.db = db
     app.state.run_scheduler = scheduler
 
-    @app.exception_handler(sa.exc.OperationalError)
-    async def database_unreachable(request: Request, exc: sa.exc.OperationalError) -> JSONResponse:
-        log.warning("database error on %s %s: %s", request.method, request.url.path, exc.orig)
-        return JSONResponse({"detail": "database unreachable"}, status_code=503)
+    install_error_handlers(app)
 
     for module in (
         health,

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import sqlalchemy as sa
 from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from meter.db import models
 from meter.db.session import Database
@@ -79,7 +80,15 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def authenticate(request: Request) -> Principal:
+# Declares the scheme in OpenAPI (Swagger UI's "Authorize" button, schemathesis); the header is
+# read below, so that a missing key can still mean open mode.
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`")
+
+
+def authenticate(
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
+) -> Principal:
     """The caller of this request, from `Authorization: Bearer <key>`."""
     db: Database = request.app.state.db
     settings: Settings = request.app.state.settings

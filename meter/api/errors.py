@@ -1,0 +1,202 @@
+"""App-wide error handling: every failure becomes a 4xx that names its cause, or a 503.
+
+- 422: bad input. `detail` is FastAPI's list (each `loc` names the field) and `message` says the
+  same in one line, e.g. `events[3].occurred_at: Input should have timezone info`. Bodies that
+  are not JSON, or nest too deeply, and unknown query parameters are 422 too.
+- 503: the database cannot be reached (or is locked for too long); retry later.
+- 409: a uniqueness conflict the route did not anticipate (e.g. a race between two creates).
+- 500: only what nothing above explains; the traceback goes to the log, never to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+
+log = logging.getLogger("meter.api")
+
+MAX_BODY_BYTES = 8 * 1024 * 1024  # 8 MiB; enforced by FastAPI's max_body_size (413)
+_FASTAPI_PARSE_ERROR = "There was an error parsing the body"
+_MAX_ECHOED_INPUT = 200
+
+
+def field_path(loc: Sequence[Any]) -> str:
+    """('body', 'events', 3, 'occurred_at') -> 'events[3].occurred_at'; ('query', 'limit') ->
+    'limit'. The name a user would look for in their own request."""
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie") and len(parts) > 1:
+        parts = parts[1:]
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "body"
+
+
+def _public_error(error: dict[str, Any]) -> dict[str, Any]:
+    """One validation error as sent: `input` only when short and scalar, since echoing a large
+    or deeply nested input back costs memory and could recurse."""
+    out: dict[str, Any] = {
+        "type": error.get("type", "value_error"),
+        "loc": list(error.get("loc", ())),
+        "msg": str(error.get("msg", "invalid value")),
+    }
+    value = error.get("input")
+    short_text = isinstance(value, str) and len(value) <= _MAX_ECHOED_INPUT
+    if value is None or isinstance(value, bool | int) or short_text:
+        out["input"] = value
+    return out
+
+
+def validation_response(errors: Sequence[dict[str, Any]]) -> JSONResponse:
+    detail = [_public_error(e) for e in errors]
+    message = "; ".join(f"{field_path(e['loc'])}: {e['msg']}" for e in detail[:5])
+    if len(detail) > 5:
+        message += f"; and {len(detail) - 5} more"
+    return JSONResponse({"detail": detail, "message": message}, status_code=422)
+
+
+def invalid(
+    loc: Sequence[str | int], msg: str, type_: str = "value_error"
+) -> RequestValidationError:
+    """A 422 raised by route code, shaped like pydantic's: invalid(("query", "cursor"), ...)."""
+    return RequestValidationError([{"type": type_, "loc": tuple(loc), "msg": msg}])
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return validation_response(list(exc.errors()))
+
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.detail == _FASTAPI_PARSE_ERROR:
+        # FastAPI says 400 for a body json.loads gives up on: not UTF-8, or nested so deep
+        # that it hit Python's recursion limit. It is bad input like any other: 422.
+        cause = exc.__cause__
+        msg = (
+            "JSON nested too deeply"
+            if isinstance(cause, RecursionError)
+            else "the body is not valid JSON"
+        )
+        return validation_response([{"type": "json_invalid", "loc": ("body",), "msg": msg}])
+    if exc.status_code == 413:
+        detail: Any = f"request body larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB"
+    else:
+        detail = exc.detail
+    if exc.status_code in (204, 304) or exc.status_code < 200:
+        return Response(status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+def _reason(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+async def _on_database_unreachable(request: Request, exc: Exception) -> Response:
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, _reason(exc))
+    return JSONResponse(
+        {"detail": "database unreachable; retry later"},
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
+
+
+async def _on_data_error(request: Request, exc: Exception) -> Response:
+    # A value the database refused (out of range, unstorable text) that validation let through.
+    log.info("value refused by the database on %s: %s", request.url.path, _reason(exc))
+    return validation_response(
+        [{"type": "value_error", "loc": ("body",), "msg": "a value cannot be stored"}]
+    )
+
+
+async def _on_unicode_error(request: Request, exc: Exception) -> Response:
+    return validation_response(
+        [{"type": "value_error", "loc": ("body",), "msg": "text must be valid Unicode"}]
+    )
+
+
+async def _on_integrity_error(request: Request, exc: Exception) -> Response:
+    log.info("conflict on %s: %s", request.url.path, _reason(exc))
+    return JSONResponse({"detail": "conflicts with an existing resource"}, status_code=409)
+
+
+async def _on_dbapi_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return await _on_database_unreachable(request, exc)
+    return await _on_unexpected(request, exc)
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    # The last resort: a bug. The client learns nothing about internals; the log gets it all.
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": "internal error; it has been logged"}, status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    for unreachable in (
+        sa.exc.OperationalError,
+        sa.exc.InterfaceError,
+        sa.exc.DisconnectionError,
+        sa.exc.TimeoutError,  # the connection pool is exhausted
+    ):
+        app.add_exception_handler(unreachable, _on_database_unreachable)
+    app.add_exception_handler(sa.exc.DataError, _on_data_error)
+    app.add_exception_handler(sa.exc.IntegrityError, _on_integrity_error)
+    app.add_exception_handler(sa.exc.DBAPIError, _on_dbapi_error)
+    app.add_exception_handler(UnicodeEncodeError, _on_unicode_error)
+    app.add_exception_handler(Exception, _on_unexpected)
+
+
+_QUERY_NAMES_ATTR = "_meter_query_names"  # cached on the route object itself
+
+
+def _query_names(route: APIRoute) -> frozenset[str]:
+    """Every query parameter the route or its dependencies declare (a model's fields too)."""
+    names: set[str] = set()
+    pending = [route.dependant]
+    while pending:
+        dependant = pending.pop()
+        pending.extend(dependant.dependencies)
+        for field in dependant.query_params:
+            annotation = field.field_info.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                names.update(f.alias or n for n, f in annotation.model_fields.items())
+            else:
+                names.add(field.alias)
+    return frozenset(names)
+
+
+def reject_unknown_query_params(request: Request) -> None:
+    """An app-wide dependency: a query parameter no route declares is a 422, not ignored
+    (a typo such as `?tema=search` would otherwise silently widen the answer)."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not route.include_in_schema:
+        return
+    allowed: frozenset[str] | None = getattr(route, _QUERY_NAMES_ATTR, None)
+    if allowed is None:
+        allowed = _query_names(route)
+        setattr(route, _QUERY_NAMES_ATTR, allowed)
+    unknown = [name for name in request.query_params if name not in allowed]
+    if unknown:
+        raise RequestValidationError(
+            [
+                {"type": "extra_forbidden", "loc": ("query", n), "msg": "unknown query parameter"}
+                for n in dict.fromkeys(unknown)
+            ]
+        )

@@ -1,0 +1,118 @@
+"""Request and response pieces shared by the routes: money, timestamps, names, errors.
+
+Money leaves the API as a plain-notation string rendered by `meter.money` (pydantic would write
+`1.1E-7`, FastAPI's encoder a float); timestamps leave in UTC with `Z`. Text that a database
+cannot store (NUL characters, lone surrogates) is refused here with a 422 rather than failing
+in the driver.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    PlainSerializer,
+    Strict,
+    StringConstraints,
+    WithJsonSchema,
+)
+
+from meter.events import MAX_NAME_LENGTH, format_timestamp
+from meter.money import format_decimal, units_to_usd
+
+
+def _render_money(value: Decimal) -> str:
+    return format_decimal(value)
+
+
+# USD as an exact Decimal inside, a plain-notation string in JSON: `"0.00000011"`.
+Money = Annotated[
+    Decimal,
+    PlainSerializer(_render_money, return_type=str, when_used="always"),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^-?\d+(\.\d+)?$",
+            "description": "USD, exact, as a decimal string in plain notation",
+            "examples": ["0.00000011"],
+        }
+    ),
+]
+
+
+def money(units: int | None) -> Decimal | None:
+    """Stored units of 1e-12 USD -> the Decimal a `Money` field renders; None stays None."""
+    return None if units is None else units_to_usd(units)
+
+
+# An instant as it leaves the API: RFC 3339 in UTC with `Z`.
+Timestamp = Annotated[
+    datetime,
+    PlainSerializer(format_timestamp, return_type=str, when_used="always"),
+    WithJsonSchema({"type": "string", "format": "date-time", "examples": ["2026-11-24T12:00:00Z"]}),
+]
+
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_FUTURE = timedelta(minutes=5)
+
+
+def _sane_instant(value: datetime) -> datetime:
+    if value < EARLIEST:
+        raise ValueError("must not be before 1970-01-01T00:00:00Z")
+    return value.astimezone(UTC)
+
+
+def _not_in_future(value: datetime) -> datetime:
+    if value > datetime.now(UTC) + MAX_FUTURE:
+        raise ValueError("is more than 5 minutes in the future: check the caller's clock")
+    return value
+
+
+# An instant as it comes in: an RFC 3339 string WITH an offset (strict: no unix numbers).
+InputTimestamp = Annotated[AwareDatetime, Strict(), AfterValidator(_sane_instant)]
+# The time an LLM call happened: also not more than 5 minutes ahead of this server's clock.
+OccurredAt = Annotated[InputTimestamp, AfterValidator(_not_in_future)]
+
+
+def storable_text(value: str) -> str:
+    """Refuse text PostgreSQL or UTF-8 cannot hold, whichever backend is in use."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+# user, team, model, key names: what the schema's String(200) columns hold.
+Name = Annotated[
+    str,
+    Strict(),
+    StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH),
+    AfterValidator(storable_text),
+]
+# The same for query parameters (query strings are always strings, so no Strict()).
+NameQuery = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH),
+    AfterValidator(storable_text),
+]
+
+
+class Problem(BaseModel):
+    """The body of every 4xx/5xx other than a 422: what went wrong, in one sentence."""
+
+    detail: str
+
+
+# Documented error responses, to spread into a route's `responses=`.
+AUTH_ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"model": Problem, "description": "No key, or an unknown key"},
+    403: {"model": Problem, "description": "This key's role or team does not allow it"},
+}
