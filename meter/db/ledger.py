@@ -82,12 +82,30 @@ def load_price_book(conn: Connection) -> PriceBook:
 
 
 def _sqlite_datetime(moment: datetime) -> str:
-    # The exact text SQLAlchemy's SQLite DateTime writes, so comparisons stay consistent.
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    # The exact text SQLAlchemy's SQLite DateTime writes ("%Y-%m-%d %H:%M:%S.%f"), so
+    # comparisons stay consistent; isoformat is twice as fast as strftime on this hot path.
+    return moment.astimezone(UTC).isoformat(" ", "microseconds")[:26]
+
+
+class _WeekCache:
+    """`week_of` for a batch: events of one batch mostly share a week, and a week's exact UTC
+    bounds answer the question for all of them without a timezone conversion each."""
+
+    def __init__(self, tz: ZoneInfo) -> None:
+        self.tz = tz
+        self.lo = self.hi = datetime.min.replace(tzinfo=UTC)
+        self.start = date.min
+
+    def start_of(self, moment: datetime) -> date:
+        if not (self.lo <= moment < self.hi):
+            week = week_of(moment, self.tz)
+            self.lo, self.hi = week.bounds(self.tz)
+            self.start = week.start
+        return self.start
 
 
 def _row(
-    event: EventRecord, book: PriceBook, tz: ZoneInfo, received_at: datetime, sqlite: bool
+    event: EventRecord, book: PriceBook, weeks: _WeekCache, received: Any, sqlite: bool
 ) -> tuple[Any, ...]:
     price = book.price_at(event.model, event.occurred_at)
     if price is None:
@@ -96,19 +114,17 @@ def _row(
         price_id = price.id
         input_cost = event.prompt_tokens * price.input_units
         output_cost = event.completion_tokens * price.output_units
-    week_start = week_of(event.occurred_at, tz).start
+    week_start = weeks.start_of(event.occurred_at)
     tags = json.dumps(event.tags, ensure_ascii=False) if event.tags is not None else None
     provider_cost = provider_cost_to_units(event.provider_cost_usd)
     if sqlite:
         ident: Any = event.id.hex
         occurred: Any = _sqlite_datetime(event.occurred_at)
         week: Any = week_start.isoformat()
-        received: Any = _sqlite_datetime(received_at)
     else:
         ident = event.id
         occurred = event.occurred_at.astimezone(UTC).replace(tzinfo=None)
         week = week_start
-        received = received_at.astimezone(UTC).replace(tzinfo=None)
     return (
         ident,
         occurred,
@@ -146,13 +162,19 @@ def insert_events(
         return InsertResult(0, 0)
     received_at = received_at or datetime.now(UTC)
     sqlite = conn.dialect.name == "sqlite"
+    received: Any = (
+        _sqlite_datetime(received_at)
+        if sqlite
+        else received_at.astimezone(UTC).replace(tzinfo=None)
+    )
+    weeks = _WeekCache(tz)
     seen: set[Any] = set()
     rows = []
     for event in events:
         if event.id in seen:
             continue
         seen.add(event.id)
-        rows.append(_row(event, book, tz, received_at, sqlite))
+        rows.append(_row(event, book, weeks, received, sqlite))
     inserted = _insert_sqlite(conn, rows) if sqlite else _insert_postgres(conn, rows)
     mark_dirty(conn, {(r[2], r[5], r[4], r[3]) for r in rows})
     return InsertResult(inserted, len(events) - inserted)

@@ -1,20 +1,55 @@
-"""`Meter`: where a metered call's event goes. (Interim synchronous version; the durable spool and
-background drain replace the internals, keeping this interface.)"""
+"""`Meter`: where a metered call's event goes.
+
+The caller's path is one `write(2)` of a JSON line to this process's spool segment: the event
+is durable against `kill -9` before `_submit`/`record` return, and nothing else happens there.
+Background threads fsync the spool, drain it in batches to the store (a database, or a meter
+server's `POST /v1/events`), replay segments left by dead processes, and refresh the price book.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from meter.db.ledger import insert_events, load_price_book
-from meter.db.session import Database, open_database
+from meter.db.session import Database
 from meter.events import EventRecord
-from meter.ids import uuid7
 from meter.pricing import Price
+from meter.recorder import lifecycle
+from meter.recorder.drain import Drainer
+from meter.recorder.prices import PriceCache
+from meter.recorder.spool import DEFAULT_SEGMENT_BYTES, SpoolWriter
+from meter.recorder.stores import DatabaseStore, HttpStore, Store
+from meter.recorder.validate import build_event
 from meter.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from meter.budgets.guard import BudgetGuard
+
+log = logging.getLogger("meter.recorder")
+
+CLOSE_FLUSH_S = 10.0
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class RecorderStats:
+    """What this Meter did so far: `dropped` events were lost to a full (or unwritable) spool;
+    `skipped_lines` were torn or corrupt spool lines; `rejected` events the store refused."""
+
+    spooled: int
+    dropped: int
+    stored: int
+    duplicates: int
+    skipped_lines: int
+    rejected: int
+    replayed_segments: int
 
 
 class Meter:
@@ -25,37 +60,78 @@ class Meter:
         api_url: str | None = None,
         api_key: str | None = None,
         settings: Settings | None = None,
+        spool_dir: str | Path | None = None,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
     ) -> None:
         overrides: dict[str, Any] = {}
         if database_url is not None:
             overrides["database_url"] = database_url
-        self.settings = settings or get_settings(**overrides)
-        self.api_url = api_url
+        if spool_dir is not None:
+            overrides["spool_dir"] = Path(spool_dir)
+        if settings is None:
+            settings = get_settings(**overrides)
+        elif overrides:
+            settings = settings.model_copy(update=overrides)
+        self.settings = settings
+        self.api_url = api_url.rstrip("/") if api_url else None
         self._api_key = api_key
-        self._lock = threading.Lock()
-        self._db: Database | None = None
+        self._closed = False
+        self._guard: BudgetGuard | None = None
+        self._guard_lock = threading.Lock()
+        self._writer = SpoolWriter(
+            Path(settings.spool_dir).expanduser(),
+            max_bytes=settings.spool_max_bytes,
+            segment_bytes=segment_bytes,
+        )
+        self._store: Store = (
+            HttpStore(self.api_url, api_key) if self.api_url else DatabaseStore(settings)
+        )
+        self._prices = PriceCache(self._store.load_prices)
+        self._drain = Drainer(self._writer, self._store)
+        lifecycle.register(self)
+        # Nothing here touches the store: opening it, replaying dead segments and loading
+        # prices all happen in the background, so a down database never delays the caller.
+        self._drain.start()
+        self._prices.start()
 
-    def _database(self) -> Database:
-        if self._db is None:
-            sqlite = self.settings.database_url.startswith("sqlite")
-            self._db = open_database(self.settings, upgrade=sqlite)
-        return self._db
+    def __repr__(self) -> str:  # never the api key
+        target = self.api_url or self.settings.database_url
+        return f"<Meter {target} spool={self._writer.spool_dir}>"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self._writer.spool_dir
 
     # -- what the client calls -------------------------------------------------------------
     def _submit(self, event: EventRecord) -> None:
-        """Take one event; must never raise and never block the caller."""
-        db = self._database()
-        with self._lock, db.engine.begin() as conn:
-            insert_events(conn, [event], load_price_book(conn), db.tz)
+        """Take one finished call's event: durable in the spool on return. Never raises."""
+        try:
+            line = _ENCODER.encode(event.to_wire()).encode() + b"\n"
+            self._writer.append(line)
+        except Exception:  # recording must never break the caller's call
+            self._writer.stats.failures += 1
+            log.exception("meter: could not spool event %s", getattr(event, "id", "?"))
 
     def check_budget(self, *, team: str | None, user: str | None) -> None:
         """Raise BudgetExceeded when an enforced budget covering the call is used up."""
+        guard = self._guard
+        if guard is None:
+            with self._guard_lock:
+                if self._guard is None:
+                    from meter.budgets.guard import BudgetGuard
+
+                    self._guard = BudgetGuard(self)
+                guard = self._guard
+        guard.check(team=team, user=user)
 
     def price_at(self, model: str, moment: datetime) -> Price | None:
         """The price in effect for `model` at `moment` (cached price book), None if unpriced."""
-        db = self._database()
-        with db.engine.connect() as conn:
-            return load_price_book(conn).price_at(model, moment)
+        return self._prices.price_at(model, moment)
+
+    def database(self) -> Database | None:
+        """The open database (opening it if needed, so call it off the hot path); None with
+        `api_url`, or while the database cannot be reached or its schema is old."""
+        return self._store.database()
 
     # -- public API --------------------------------------------------------------------------
     def record(
@@ -70,37 +146,85 @@ class Meter:
         status: str = "ok",
         event_id: str | None = None,
         tags: dict[str, str] | None = None,
-        **extra: Any,
+        usage_source: str = "provider",
+        cached_tokens: int | None = None,
+        reasoning_tokens: int | None = None,
+        latency_ms: int | None = None,
+        ttft_ms: int | None = None,
+        generation_id: str | None = None,
+        provider_cost_usd: Decimal | str | None = None,
     ) -> EventRecord:
-        import uuid
-
-        event = EventRecord(
-            id=uuid.UUID(event_id) if event_id else uuid7(),
-            occurred_at=occurred_at or datetime.now(UTC),
+        """Record a call made elsewhere. Validates (InvalidRequest names the field; nothing is
+        recorded then) and returns the event, already durable in the spool."""
+        event = build_event(
             model=model,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             user=user,
             team=team,
-            tags=tags,
+            occurred_at=occurred_at,
             status=status,
-            **extra,
+            event_id=event_id,
+            tags=tags,
+            usage_source=usage_source,
+            cached_tokens=cached_tokens,
+            reasoning_tokens=reasoning_tokens,
+            latency_ms=latency_ms,
+            ttft_ms=ttft_ms,
+            generation_id=generation_id,
+            provider_cost_usd=provider_cost_usd,
         )
         self._submit(event)
         return event
 
     def flush(self, timeout: float | None = None) -> bool:
-        return True
+        """True once everything recorded so far (and the dead segments found at start) is
+        stored; False if `timeout` seconds passed first. Dropped events are not waited for."""
+        if self._closed:
+            return self._drain.wait_for(self._writer.position, 0)
+        return self._drain.wait_for(self._writer.position, timeout)
 
-    def close(self) -> None:
-        if self._db is not None:
-            self._db.dispose()
+    def stats(self) -> RecorderStats:
+        w, d = self._writer.stats, self._drain.stats
+        return RecorderStats(
+            spooled=w.written,
+            dropped=w.dropped,
+            stored=d.stored,
+            duplicates=d.duplicates,
+            skipped_lines=d.skipped_lines,
+            rejected=d.rejected,
+            replayed_segments=d.replayed_segments,
+        )
+
+    def close(self, timeout: float | None = CLOSE_FLUSH_S) -> None:
+        """Flush (for up to `timeout` s), stop the threads, release the spool. Events not
+        stored by then stay in the spool and are stored by the next Meter that uses it."""
+        if self._closed:
+            return
+        self._closed = True
+        self._drain.wait_for(self._writer.position, timeout)
+        self._drain.stop()
+        self._writer.close(is_drained=self._drain.is_drained)
+        if self._guard is not None:
+            self._guard.close()
+        self._store.close()
+        lifecycle.unregister(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._writer.forget_after_fork()
+        self._store.after_fork()
+        self._prices.after_fork()
+        self._guard_lock = threading.Lock()
+        if not self._closed:
+            self._drain.after_fork()
 
     def __enter__(self) -> Meter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
-
-
-__all__ = ["Decimal", "Meter", "TracebackType"]

@@ -1,0 +1,142 @@
+"""`Meter.record`'s arguments -> an EventRecord, or InvalidRequest naming the bad field."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+
+from meter._exceptions import InvalidRequest
+from meter.events import MAX_NAME_LENGTH, MAX_TOKENS_PER_EVENT, STATUSES, USAGE_SOURCES, EventRecord
+from meter.ids import uuid7
+
+# The API refuses events further ahead than this (SPEC section 3); refuse them here too, since
+# a meter server would reject them after the caller had gone.
+MAX_FUTURE = timedelta(minutes=5)
+
+
+def _count(value: object, field: str, *, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"{field}: must be an integer, got {value!r}", field)
+    if value < 0:
+        raise InvalidRequest(f"{field}: must be >= 0, got {value}", field)
+    if value > MAX_TOKENS_PER_EVENT:
+        raise InvalidRequest(f"{field}: must be <= {MAX_TOKENS_PER_EVENT}, got {value}", field)
+    return value
+
+
+def _name(value: object, field: str, *, optional: bool) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequest(f"{field}: must be a non-empty string, got {value!r}", field)
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidRequest(f"{field}: at most {MAX_NAME_LENGTH} characters", field)
+    return value
+
+
+def _tags(value: object) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise InvalidRequest("tags: must be a dict of str -> str", "tags")
+    return dict(value)
+
+
+def _moment(value: object) -> datetime:
+    if value is None:
+        return datetime.now(UTC)
+    if not isinstance(value, datetime):
+        raise InvalidRequest(f"occurred_at: must be a datetime, got {value!r}", "occurred_at")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidRequest(
+            "occurred_at: needs a timezone (e.g. datetime.now(UTC)); naive times are ambiguous",
+            "occurred_at",
+        )
+    if value - datetime.now(UTC) > MAX_FUTURE:
+        raise InvalidRequest("occurred_at: more than 5 minutes in the future", "occurred_at")
+    return value.astimezone(UTC)
+
+
+def _event_id(value: object) -> uuid.UUID:
+    if value is None:
+        return uuid7()
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            pass
+    raise InvalidRequest(f"event_id: must be a UUID, got {value!r}", "event_id")
+
+
+def _choice(value: object, field: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise InvalidRequest(f"{field}: must be one of {', '.join(allowed)}, got {value!r}", field)
+    assert isinstance(value, str)
+    return value
+
+
+def _cost(value: object) -> Decimal | None:
+    if value is None:
+        return None
+    if isinstance(value, bool | float):
+        raise InvalidRequest(
+            "provider_cost_usd: give money as a string or Decimal", "provider_cost_usd"
+        )
+    try:
+        d = Decimal(str(value))
+    except InvalidOperation:
+        raise InvalidRequest(
+            f"provider_cost_usd: {value!r} is not a number", "provider_cost_usd"
+        ) from None
+    if not d.is_finite() or d < 0:
+        raise InvalidRequest("provider_cost_usd: must be a finite amount >= 0", "provider_cost_usd")
+    return d
+
+
+def build_event(
+    *,
+    model: object,
+    prompt_tokens: object,
+    completion_tokens: object,
+    user: object,
+    team: object,
+    occurred_at: object,
+    status: object,
+    event_id: object,
+    tags: object,
+    usage_source: object,
+    cached_tokens: object,
+    reasoning_tokens: object,
+    latency_ms: object,
+    ttft_ms: object,
+    generation_id: object,
+    provider_cost_usd: object,
+) -> EventRecord:
+    prompt = _count(prompt_tokens, "prompt_tokens")
+    completion = _count(completion_tokens, "completion_tokens")
+    assert prompt is not None and completion is not None
+    return EventRecord(
+        id=_event_id(event_id),
+        occurred_at=_moment(occurred_at),
+        model=_name(model, "model", optional=False) or "",
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        user=_name(user, "user", optional=True),
+        team=_name(team, "team", optional=True),
+        tags=_tags(tags),
+        status=_choice(status, "status", STATUSES),
+        usage_source=_choice(usage_source, "usage_source", USAGE_SOURCES),
+        cached_tokens=_count(cached_tokens, "cached_tokens", optional=True),
+        reasoning_tokens=_count(reasoning_tokens, "reasoning_tokens", optional=True),
+        latency_ms=_count(latency_ms, "latency_ms", optional=True),
+        ttft_ms=_count(ttft_ms, "ttft_ms", optional=True),
+        generation_id=_name(generation_id, "generation_id", optional=True),
+        provider_cost_usd=_cost(provider_cost_usd),
+    )
