@@ -1,13 +1,137 @@
-"""Budget evaluation after each roll-up. (Being written: fires alerts exactly once.)"""
+"""Budget evaluation after each roll-up: fire each (budget, type, week, threshold) exactly once.
+
+The claim is the `alerts` unique key (INSERT ... ON CONFLICT DO NOTHING), not a cache, so any
+number of `meter serve` processes may evaluate the same week. The fired alert row is also the
+delivery's outbox entry (meter.budgets.delivery sends it).
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable, Sequence
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
+from sqlalchemy.engine import Connection
+
+from meter.budgets import repository as repo
+from meter.budgets.payload import PROJECTED_OVERSPEND, THRESHOLD_CROSSED, build_payload
+from meter.budgets.rules import crossed_thresholds, projected_spend, threshold_key
 from meter.db.session import Database
-from meter.weeks import Week
+from meter.ids import uuid7
+from meter.money import MAX_UNITS
+from meter.weeks import Week, week_of
+
+log = logging.getLogger("meter.budgets")
 
 
 def evaluate_after_rollup(db: Database, weeks: list[Week], now: datetime) -> int:
     """Evaluate every budget for the weeks just rolled up; return how many alerts fired."""
-    return 0
+    if not weeks:
+        return 0
+    with db.engine.begin() as conn:
+        fired = evaluate_weeks(conn, db.tz, weeks, now)
+    if fired:
+        log.info("budgets: %d alert(s) fired", fired)
+    return fired
+
+
+def evaluate_weeks(
+    conn: Connection,
+    tz: ZoneInfo,
+    weeks: Iterable[Week],
+    now: datetime,
+    budgets: Sequence[repo.BudgetRow] | None = None,
+) -> int:
+    """Fire what the roll-up's spend crosses, in the caller's transaction.
+
+    A week is judged only for budgets that existed before it ended: a new budget does not fire
+    about weeks already over. The projection is judged for the current week only.
+    """
+    if budgets is None:
+        budgets = repo.list_budgets(conn)
+    current = week_of(now, tz)
+    fired = 0
+    for week in sorted(set(weeks)):
+        start, end = week.bounds(tz)
+        active = [b for b in budgets if b.created_at < end]
+        if not active:
+            continue
+        spends = repo.spend_for(conn, week.start, active)
+        done = repo.fired_keys(conn, week.start)
+        for budget in active:
+            spend = spends[budget.id]
+            for values in _due_alerts(budget, week, spend, start, end, now, week == current):
+                if (budget.id, values["type"], values["threshold"]) in done:
+                    continue
+                if repo.claim_alert(conn, values):
+                    fired += 1
+    return fired
+
+
+def _due_alerts(
+    budget: repo.BudgetRow,
+    week: Week,
+    spend: int,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    is_current: bool,
+) -> list[dict[str, object]]:
+    """Rows to claim, in delivery order: thresholds ascending, then the projection.
+
+    Ids are UUIDv7 made in that order, and the outbox delivers a budget's alerts by id.
+    """
+    limit = budget.weekly_limit_units
+    rows = []
+    for threshold in crossed_thresholds(spend, limit, budget.thresholds):
+        rows.append(_row(budget, week, THRESHOLD_CROSSED, threshold_key(threshold), spend, now))
+    projected = projected_spend(spend, limit, start, end, now) if is_current else None
+    if projected is not None:
+        rows.append(_row(budget, week, PROJECTED_OVERSPEND, "", spend, now, projected))
+    return rows
+
+
+def _row(
+    budget: repo.BudgetRow,
+    week: Week,
+    type: str,
+    threshold: str,
+    spend: int,
+    now: datetime,
+    projected: int | None = None,
+) -> dict[str, object]:
+    alert_id = str(uuid7())
+    payload = build_payload(
+        type=type,
+        alert_id=alert_id,
+        budget=budget,
+        week=week,
+        threshold=threshold or None,
+        limit_units=budget.weekly_limit_units,
+        spend_units=spend,
+        fired_at=now,
+        projected_units=projected,
+    )
+    deliverable = bool(budget.webhook_url)
+    return {
+        "id": alert_id,
+        "budget_id": budget.id,
+        "type": type,
+        "week_start": week.start,
+        "threshold": threshold,
+        # The columns are int64; a week's spend past $9.2M saturates there, while the payload
+        # (what the API shows and the webhook sends) keeps the exact amount.
+        "spend_units": min(spend, MAX_UNITS),
+        "limit_units": budget.weekly_limit_units,
+        "projected_units": None if projected is None else min(projected, MAX_UNITS),
+        "fired_at": now,
+        "payload": payload,
+        # Without a webhook there is nothing to send: the alert is kept, visible in the API,
+        # and can be redelivered once a URL is set.
+        "delivery_status": "pending" if deliverable else "failed",
+        "attempts": 0,
+        "last_error": None if deliverable else "the budget has no webhook_url",
+        "next_attempt_at": now if deliverable else None,
+        "delivered_at": None,
+    }

@@ -1,0 +1,341 @@
+"""All SQL of budgets and alerts. The caller owns the transaction; nothing here commits."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import aliased
+
+from meter.db import models
+
+B = models.Budget
+A = models.Alert
+U = models.WeeklyUsage
+
+ALERT_KEY = ("budget_id", "type", "week_start", "threshold")
+_SPLIT = 10**6  # see _spend_columns
+
+
+@dataclass(frozen=True)
+class BudgetRow:
+    id: int
+    scope: str
+    subject: str  # '' for global
+    weekly_limit_units: int
+    thresholds: tuple[Decimal, ...]
+    webhook_url: str | None
+    webhook_secret: str | None = field(repr=False)  # write-only: never in a repr or a log
+    enforce: bool
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def has_webhook_secret(self) -> bool:
+        return bool(self.webhook_secret)
+
+
+@dataclass(frozen=True)
+class AlertRow:
+    id: str
+    budget_id: int
+    type: str
+    week_start: date
+    threshold: str  # '' for projections
+    spend_units: int
+    limit_units: int
+    projected_units: int | None
+    fired_at: datetime
+    payload: str | None
+    delivery_status: str
+    attempts: int
+    last_error: str | None
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+
+
+_BUDGET_COLUMNS = (
+    B.id,
+    B.scope,
+    B.subject,
+    B.weekly_limit_units,
+    B.thresholds,
+    B.webhook_url,
+    B.webhook_secret,
+    B.enforce,
+    B.created_at,
+    B.updated_at,
+)
+
+
+def _budget(row: Any) -> BudgetRow:
+    thresholds = row.thresholds
+    if isinstance(thresholds, str):  # some drivers hand JSON back as text
+        thresholds = json.loads(thresholds)
+    return BudgetRow(
+        id=row.id,
+        scope=row.scope,
+        subject=row.subject,
+        weekly_limit_units=int(row.weekly_limit_units),
+        thresholds=tuple(Decimal(t) for t in thresholds),
+        webhook_url=row.webhook_url,
+        webhook_secret=row.webhook_secret,
+        enforce=bool(row.enforce),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+# -- budgets --------------------------------------------------------------------------------------
+
+
+def insert_budget(conn: Connection, values: dict[str, Any]) -> int:
+    return int(conn.execute(sa.insert(B).values(**values).returning(B.id)).scalar_one())
+
+
+def get_budget(conn: Connection, budget_id: int) -> BudgetRow | None:
+    row = conn.execute(sa.select(*_BUDGET_COLUMNS).where(B.id == budget_id)).first()
+    return _budget(row) if row else None
+
+
+def list_budgets(
+    conn: Connection, *, team: str | None = None, enforced_only: bool = False
+) -> list[BudgetRow]:
+    """Every budget, or only team `team`'s (what a team-scoped key may see)."""
+    query = sa.select(*_BUDGET_COLUMNS).order_by(B.id)
+    if team is not None:
+        query = query.where(B.scope == "team", B.subject == team)
+    if enforced_only:
+        query = query.where(B.enforce.is_(True))
+    return [_budget(r) for r in conn.execute(query)]
+
+
+def update_budget(conn: Connection, budget_id: int, values: dict[str, Any]) -> bool:
+    return conn.execute(sa.update(B).where(B.id == budget_id).values(**values)).rowcount == 1
+
+
+def delete_budget(conn: Connection, budget_id: int) -> bool:
+    # Alerts go with it (ON DELETE CASCADE); delete them explicitly too, for SQLite connections
+    # opened without foreign keys on.
+    conn.execute(sa.delete(A).where(A.budget_id == budget_id))
+    return conn.execute(sa.delete(B).where(B.id == budget_id)).rowcount == 1
+
+
+# -- spend (from the roll-up) --------------------------------------------------------------------
+
+
+def _spend_columns() -> list[sa.ColumnElement[Any]]:
+    # SQLite's SUM over int64 raises past 2^63 units ($9.2M): sum the millions and the remainders
+    # apart, so no partial sum can overflow; Python puts them back together exactly.
+    return [
+        sa.func.sum(U.input_cost_units // _SPLIT),
+        sa.func.sum(U.input_cost_units % _SPLIT),
+        sa.func.sum(U.output_cost_units // _SPLIT),
+        sa.func.sum(U.output_cost_units % _SPLIT),
+    ]
+
+
+def _total(parts: Sequence[Any]) -> int:
+    high_in, low_in, high_out, low_out = (int(p or 0) for p in parts)
+    return (high_in + high_out) * _SPLIT + low_in + low_out
+
+
+def spend_by(
+    conn: Connection, week_start: date, scope: str, subjects: Iterable[str]
+) -> dict[str, int]:
+    """This week's priced spend per team (scope 'team') or per user across teams (scope 'user')."""
+    wanted = sorted(set(subjects))
+    if not wanted:
+        return {}
+    column = U.team if scope == "team" else U.user
+    rows = conn.execute(
+        sa.select(column, *_spend_columns())
+        .where(U.week_start == week_start, column.in_(wanted))
+        .group_by(column)
+    )
+    return {r[0]: _total(r[1:]) for r in rows}
+
+
+def global_spend(conn: Connection, week_start: date) -> int:
+    row = conn.execute(sa.select(*_spend_columns()).where(U.week_start == week_start)).one()
+    return _total(row)
+
+
+def spend_for(conn: Connection, week_start: date, budgets: Sequence[BudgetRow]) -> dict[int, int]:
+    """Each budget's spend in one week: at most three grouped queries, whatever the count."""
+    teams = spend_by(conn, week_start, "team", (b.subject for b in budgets if b.scope == "team"))
+    users = spend_by(conn, week_start, "user", (b.subject for b in budgets if b.scope == "user"))
+    everything = global_spend(conn, week_start) if any(b.scope == "global" for b in budgets) else 0
+    result = {}
+    for b in budgets:
+        if b.scope == "team":
+            result[b.id] = teams.get(b.subject, 0)
+        elif b.scope == "user":
+            result[b.id] = users.get(b.subject, 0)
+        else:
+            result[b.id] = everything
+    return result
+
+
+# -- alerts ---------------------------------------------------------------------------------------
+
+
+def fired_keys(conn: Connection, week_start: date) -> set[tuple[int, str, str]]:
+    """(budget_id, type, threshold) already fired in a week: to skip inserts bound to conflict."""
+    rows = conn.execute(
+        sa.select(A.budget_id, A.type, A.threshold).where(A.week_start == week_start)
+    )
+    return {(r.budget_id, r.type, r.threshold) for r in rows}
+
+
+def claim_alert(conn: Connection, values: dict[str, Any]) -> bool:
+    """Insert an alert unless its (budget, type, week, threshold) exists: the exactly-once claim.
+
+    Whichever process inserts first wins; the others' INSERT does nothing (on PostgreSQL it waits
+    for the winner's commit first), so two servers never fire the same alert.
+    """
+    insert = sqlite_insert if conn.dialect.name == "sqlite" else pg_insert
+    stmt = (
+        insert(A)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=list(ALERT_KEY))
+        .returning(A.id)  # rowcount is not reliable here (psycopg reports -1)
+    )
+    return conn.execute(stmt).first() is not None
+
+
+_ALERT_COLUMNS = (
+    A.id,
+    A.budget_id,
+    A.type,
+    A.week_start,
+    A.threshold,
+    A.spend_units,
+    A.limit_units,
+    A.projected_units,
+    A.fired_at,
+    A.payload,
+    A.delivery_status,
+    A.attempts,
+    A.last_error,
+    A.next_attempt_at,
+    A.delivered_at,
+)
+
+
+def _alert(row: Any) -> AlertRow:
+    return AlertRow(**{c.key: getattr(row, c.key) for c in _ALERT_COLUMNS})
+
+
+def get_alert(conn: Connection, alert_id: str) -> AlertRow | None:
+    row = conn.execute(sa.select(*_ALERT_COLUMNS).where(A.id == alert_id)).first()
+    return _alert(row) if row else None
+
+
+def list_alerts(
+    conn: Connection,
+    *,
+    budget_id: int | None = None,
+    week_start: date | None = None,
+    team: str | None = None,
+    limit: int = 100,
+) -> list[AlertRow]:
+    """Newest first. `team` keeps only alerts of that team's budgets (a scoped key)."""
+    query = sa.select(*_ALERT_COLUMNS).order_by(A.id.desc()).limit(limit)
+    if budget_id is not None:
+        query = query.where(A.budget_id == budget_id)
+    if week_start is not None:
+        query = query.where(A.week_start == week_start)
+    if team is not None:
+        query = query.join(B, B.id == A.budget_id).where(B.scope == "team", B.subject == team)
+    return [_alert(r) for r in conn.execute(query)]
+
+
+def requeue_failed(conn: Connection, alert_id: str, now: datetime) -> bool:
+    return (
+        conn.execute(
+            sa.update(A)
+            .where(A.id == alert_id, A.delivery_status == "failed")
+            .values(delivery_status="pending", attempts=0, last_error=None, next_attempt_at=now)
+        ).rowcount
+        == 1
+    )
+
+
+# -- the delivery outbox --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DueDelivery:
+    alert_id: str
+    attempts: int  # after this claim
+    payload: str
+    webhook_url: str | None
+    webhook_secret: str | None = field(repr=False)
+
+
+def due_heads(conn: Connection, now: datetime, limit: int) -> list[Any]:
+    """Pending alerts due now that are first in their budget's queue (thresholds go in order)."""
+    earlier = aliased(A)
+    blocked = sa.exists().where(
+        earlier.budget_id == A.budget_id,
+        earlier.delivery_status == "pending",
+        earlier.id < A.id,
+    )
+    return list(
+        conn.execute(
+            sa.select(A.id, A.attempts, A.payload, B.webhook_url, B.webhook_secret)
+            .join(B, B.id == A.budget_id)
+            .where(A.delivery_status == "pending", A.next_attempt_at <= now, ~blocked)
+            .order_by(A.id)
+            .limit(limit)
+        )
+    )
+
+
+def claim_delivery(
+    conn: Connection, alert_id: str, seen_attempts: int, lease_until: datetime
+) -> bool:
+    """Take one delivery for this process: `attempts` is its version, so only one claimer wins.
+
+    The lease (next_attempt_at pushed past the send's timeout) keeps other servers off it while it
+    is being sent; if this process dies, the lease runs out and another server retries.
+    """
+    return (
+        conn.execute(
+            sa.update(A)
+            .where(A.id == alert_id, A.delivery_status == "pending", A.attempts == seen_attempts)
+            .values(attempts=seen_attempts + 1, next_attempt_at=lease_until)
+        ).rowcount
+        == 1
+    )
+
+
+def finish_delivery(
+    conn: Connection,
+    alert_id: str,
+    claimed_attempts: int,
+    *,
+    status: str,
+    last_error: str | None,
+    next_attempt_at: datetime | None,
+    delivered_at: datetime | None,
+) -> None:
+    conn.execute(
+        sa.update(A)
+        .where(A.id == alert_id, A.attempts == claimed_attempts, A.delivery_status == "pending")
+        .values(
+            delivery_status=status,
+            last_error=last_error[:500] if last_error else None,
+            next_attempt_at=next_attempt_at,
+            delivered_at=delivered_at,
+        )
+    )
