@@ -8,6 +8,7 @@ in the driver.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated
@@ -16,6 +17,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     PlainSerializer,
     Strict,
     StringConstraints,
@@ -61,10 +63,17 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_FUTURE = timedelta(minutes=5)
 
 
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
 def _sane_instant(value: datetime) -> datetime:
-    if value < EARLIEST:
-        raise ValueError("must not be before 1970-01-01T00:00:00Z")
-    return value.astimezone(UTC)
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00 is past year 9999 in UTC
+        raise ValueError("is out of range") from None
+    if not EARLIEST <= utc < LATEST:
+        raise ValueError("must be between 1970-01-01 and 9000-01-01")
+    return utc
 
 
 def _not_in_future(value: datetime) -> datetime:
@@ -73,8 +82,22 @@ def _not_in_future(value: datetime) -> datetime:
     return value
 
 
-# An instant as it comes in: an RFC 3339 string WITH an offset (strict: no unix numbers).
-InputTimestamp = Annotated[AwareDatetime, Strict(), AfterValidator(_sane_instant)]
+_RFC3339_START = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]")
+
+
+def _rfc3339_text(value: object) -> object:
+    # pydantic would also take unix numbers (and digit strings) for a datetime; RFC 3339 only.
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not _RFC3339_START.match(value):
+        raise ValueError("give an RFC 3339 timestamp with an offset, e.g. 2026-11-24T12:00:00Z")
+    return value
+
+
+# An instant as it comes in: an RFC 3339 string WITH an offset.
+InputTimestamp = Annotated[
+    AwareDatetime, BeforeValidator(_rfc3339_text), AfterValidator(_sane_instant)
+]
 # The time an LLM call happened: also not more than 5 minutes ahead of this server's clock.
 OccurredAt = Annotated[InputTimestamp, AfterValidator(_not_in_future)]
 

@@ -21,7 +21,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -38,6 +37,7 @@ from meter.api.errors import invalid
 from meter.api.schemas import (
     AUTH_ERRORS,
     EARLIEST,
+    InputTimestamp,
     Money,
     Name,
     NameQuery,
@@ -357,9 +357,6 @@ def _event_out(r: Any) -> EventOut:
     )
 
 
-SinceQuery = Annotated[AwareDatetime, AfterValidator(lambda d: d.astimezone(UTC))]
-
-
 @router.get(
     "/v1/events",
     response_model=EventPage,
@@ -374,7 +371,7 @@ def list_events(
     model: Annotated[NameQuery | None, Query(description="Only this model's events")] = None,
     status: Annotated[Status | None, Query(description="Only events with this status")] = None,
     since: Annotated[
-        SinceQuery | None, Query(description="RFC 3339 with an offset: events at or after it")
+        InputTimestamp | None, Query(description="RFC 3339 with an offset: events at or after it")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size")] = 100,
     cursor: Annotated[
