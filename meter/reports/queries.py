@@ -74,8 +74,9 @@ class WeeklyTotals:
 
 def _money(column: Any, name: str) -> list[sa.ColumnElement[Any]]:
     return [
-        sa.func.sum(column.op(">>")(_LOW_BITS)).label(f"{name}_hi"),
-        sa.func.sum(column.op("&")(_LOW_MASK)).label(f"{name}_lo"),
+        # Inline constants: PostgreSQL has `bigint >> integer` but no `bigint >> bigint`.
+        sa.func.sum(column.op(">>")(sa.literal_column(str(_LOW_BITS)))).label(f"{name}_hi"),
+        sa.func.sum(column.op("&")(sa.literal_column(str(_LOW_MASK)))).label(f"{name}_lo"),
     ]
 
 

@@ -1,0 +1,96 @@
+"""Helpers for roll-up tests: store events, and compare the roll-up with the raw events."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import date
+from typing import Any
+
+import sqlalchemy as sa
+
+from meter.db import models
+from meter.db.ledger import insert_events, load_price_book
+from meter.db.session import Database
+from meter.events import EventRecord
+
+TOTALS = (
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "errors",
+    "estimated",
+    "unpriced",
+    "input_cost_units",
+    "output_cost_units",
+)
+GroupKey = tuple[date, str, str, str]
+
+
+def store(db: Database, events: Sequence[EventRecord]) -> int:
+    with db.engine.begin() as conn:
+        return insert_events(conn, list(events), load_price_book(conn), db.tz).inserted
+
+
+def _date(value: Any) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value))
+
+
+def expected_totals(db: Database) -> dict[GroupKey, tuple[int, ...]]:
+    """What the roll-up must hold, computed in Python from every stored event."""
+    e = models.Event
+    sums: dict[GroupKey, list[int]] = defaultdict(lambda: [0] * len(TOTALS))
+    with db.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(
+                e.week_start,
+                e.team,
+                e.user,
+                e.model,
+                e.prompt_tokens,
+                e.completion_tokens,
+                e.status,
+                e.usage_source,
+                e.input_cost_units,
+                e.output_cost_units,
+            )
+        ).all()
+    for r in rows:
+        s = sums[(_date(r.week_start), r.team, r.user, r.model)]
+        s[0] += 1
+        s[1] += r.prompt_tokens
+        s[2] += r.completion_tokens
+        s[3] += r.status == "error"
+        s[4] += r.usage_source == "estimated"
+        s[5] += r.input_cost_units is None
+        s[6] += r.input_cost_units or 0
+        s[7] += r.output_cost_units or 0
+    return {k: tuple(v) for k, v in sums.items()}
+
+
+def rolled_up(db: Database) -> dict[GroupKey, tuple[int, ...]]:
+    """weekly_usage as {(week_start, team, user, model): totals}."""
+    w = models.WeeklyUsage
+    with db.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(w.week_start, w.team, w.user, w.model, *(getattr(w, c) for c in TOTALS))
+        ).all()
+    return {(_date(r[0]), r[1], r[2], r[3]): tuple(r[4:]) for r in rows}
+
+
+def dirty_count(db: Database) -> int:
+    with db.engine.connect() as conn:
+        return int(conn.execute(sa.text("SELECT COUNT(*) FROM rollup_dirty")).scalar_one())
+
+
+def clear(db: Database) -> None:
+    """Empty the ledger and the roll-up (hypothesis reuses one database across examples)."""
+    with db.engine.begin() as conn:
+        for table in ("events", "weekly_usage", "rollup_dirty"):
+            conn.execute(sa.text(f"DELETE FROM {table}"))
+        conn.execute(
+            sa.text(
+                "UPDATE rollup_state SET holder = NULL, lease_expires_at = NULL, "
+                "last_run_at = NULL WHERE id = 1"
+            )
+        )
