@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ from meter.api.routes import (
 )
 from meter.budgets.delivery import DeliveryWorker
 from meter.db.session import Database
+from meter.rollup.scheduler import build_scheduler, start_scheduler, stop_scheduler
 from meter.settings import Settings
 
 log = logging.getLogger("meter.api")
@@ -42,9 +44,16 @@ def create_app(settings: Settings, db: Database, *, scheduler: bool = True) -> F
         webhooks = DeliveryWorker(db, settings)
         webhooks.start()
         app.state.webhooks = webhooks
+        # The roll-up runs in the scheduler's threads, never on the event loop;
+        # `meter serve --no-scheduler` serves the API only.
+        jobs = app.state.scheduler
+        if app.state.run_scheduler:
+            start_scheduler(jobs)
         try:
             yield
         finally:
+            # Waits for a running roll-up to finish its chunk: off the event loop.
+            await asyncio.to_thread(stop_scheduler, jobs)
             webhooks.stop()
 
     app = FastAPI(
@@ -61,6 +70,7 @@ def create_app(settings: Settings, db: Database, *, scheduler: bool = True) -> F
     app.state.settings = settings
     app.state.db = db
     app.state.run_scheduler = scheduler
+    app.state.scheduler = build_scheduler(db, settings.rollup_interval_seconds)
 
     install_error_handlers(app)
 
