@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from meter import __version__
-from meter.api.errors import MAX_BODY_BYTES, install_error_handlers, reject_unknown_query_params
+from meter.api.errors import install_error_handlers, reject_unknown_query_params
 from meter.api.routes import (
     alerts,
     budgets,
@@ -64,7 +64,6 @@ def create_app(settings: Settings, db: Database, *, scheduler: bool = True) -> F
         # Our own /docs and /redoc (routes/docs.py) serve their assets from the package: offline.
         docs_url=None,
         redoc_url=None,
-        max_body_size=MAX_BODY_BYTES,  # 413 on Content-Length and while streaming
         dependencies=[Depends(reject_unknown_query_params)],
     )
     app.state.settings = settings

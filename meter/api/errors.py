@@ -21,10 +21,11 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("meter.api")
 
-MAX_BODY_BYTES = 8 * 1024 * 1024  # 8 MiB; enforced by FastAPI's max_body_size (413)
+MAX_BODY_BYTES = 8 * 1024 * 1024  # 8 MiB, then 413 (BodySizeLimit below)
 _FASTAPI_PARSE_ERROR = "There was an error parsing the body"
 _MAX_ECHOED_INPUT = 200
 
@@ -91,13 +92,9 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
             else "the body is not valid JSON"
         )
         return validation_response([{"type": "json_invalid", "loc": ("body",), "msg": msg}])
-    if exc.status_code == 413:
-        detail: Any = f"request body larger than {MAX_BODY_BYTES // (1024 * 1024)} MiB"
-    else:
-        detail = exc.detail
     if exc.status_code in (204, 304) or exc.status_code < 200:
         return Response(status_code=exc.status_code, headers=exc.headers)
-    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
 def _reason(exc: BaseException) -> str:
@@ -146,7 +143,73 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": "internal error; it has been logged"}, status_code=500)
 
 
+class BodyTooLarge(StarletteHTTPException):
+    def __init__(self) -> None:
+        super().__init__(413, detail=f"request body larger than {MAX_BODY_BYTES // 1024**2} MiB")
+
+
+class BodySizeLimit:
+    """413 for a body over the limit: at once from Content-Length, else counted as it streams
+    in, so that an endless chunked upload is cut off without being read whole.
+
+    Our own rather than FastAPI's `max_body_size`, which answers a too-large Content-Length in
+    plain text: every error of this API is JSON.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await _too_large()(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge()  # inside a route: FastAPI hands it to _on_http_error
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if started:
+                raise
+            await _too_large()(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _too_large() -> JSONResponse:
+    return JSONResponse({"detail": BodyTooLarge().detail}, status_code=413)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    """The handlers above, and the body size limit."""
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     for unreachable in (
