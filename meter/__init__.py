@@ -9,15 +9,18 @@ from meter._exceptions import (
     StoreUnavailable,
     UpstreamError,
 )
+from meter.client import AsyncMeteredClient, MeteredClient
 from meter.recorder.meter import Meter
 
 __all__ = [
+    "AsyncMeteredClient",
     "BudgetExceeded",
     "ConfigError",
     "InvalidPrice",
     "InvalidRequest",
     "Meter",
     "MeterError",
+    "MeteredClient",
     "StoreUnavailable",
     "UpstreamError",
 ]

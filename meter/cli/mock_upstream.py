@@ -1,3 +1,50 @@
-"""`meter mock-upstream`. (Being written.)"""
+"""`meter mock-upstream`: a local OpenAI-compatible upstream for demos and tests."""
 
 from __future__ import annotations
+
+import typer
+
+from meter.cli._app import app, console, fail
+from meter.mock_upstream import BEHAVIORS, ENV_BEHAVIOR, serve
+
+_HELP = (
+    "Run a local OpenAI-compatible upstream (OpenRouter-flavoured) with realistic usage.\n\n"
+    "It answers POST /v1/chat/completions, /chat/completions, /v1/completions and /completions, "
+    "streaming or not, with deterministic text and usage counted with the Mistral v1 tokenizer "
+    "when mistral-common is installed; usage.cost follows the seed price. Point a client at "
+    "base_url=http://127.0.0.1:8001/v1 (any API key). Requests seen: GET /mock/requests.\n\n"
+    "Make it misbehave per request with the header X-Mock-Behavior (comma-separated; NAME:N "
+    f"only on the first N identical requests), or for every request with --behavior or "
+    f"{ENV_BEHAVIOR}: "
+    "rate_limit (429 + Retry-After; X-Mock-Retry-After sets the seconds), "
+    "server_error (500), bad_gateway (502), unavailable (503), bad_request (400), "
+    "midstream_error (an error chunk under HTTP 200 after some text), "
+    "cut (the connection drops mid-body), no_usage, "
+    "usage_in_last_chunk (usage on a chunk that still has choices), "
+    "whitespace (blank lines before a JSON body), slow (X-Mock-Delay-Ms between chunks), "
+    "fragmented (CRLF, data: without a space, a few bytes per write), "
+    "malformed_usage, not_utf8, truncated (JSON cut in half)."
+)
+
+
+@app.command("mock-upstream", help=_HELP)
+def mock_upstream(
+    port: int = typer.Option(8001, help="Port to listen on."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    behavior: str | None = typer.Option(
+        None, help=f"Misbehave on every request (default: ${ENV_BEHAVIOR}); see above."
+    ),
+) -> None:
+    if behavior:
+        unknown = [
+            b.partition(":")[0]
+            for b in behavior.split(",")
+            if b.strip() and b.partition(":")[0].strip() not in BEHAVIORS
+        ]
+        if unknown:
+            raise fail(f"unknown behavior {', '.join(unknown)}; known: {', '.join(BEHAVIORS)}")
+    console.print(
+        f"mock upstream on http://{host}:{port}/v1 (behavior: {behavior or 'normal'})",
+        highlight=False,
+    )
+    serve(host, port, behavior)

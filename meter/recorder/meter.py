@@ -30,7 +30,10 @@ from meter.recorder.validate import build_event
 from meter.settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    import httpx
+
     from meter.budgets.guard import BudgetGuard
+    from meter.client._transport import AsyncMeteringTransport, MeteringTransport
 
 log = logging.getLogger("meter.recorder")
 
@@ -132,6 +135,29 @@ class Meter:
         """The open database (opening it if needed, so call it off the hot path); None with
         `api_url`, or while the database cannot be reached or its schema is old."""
         return self._store.database()
+
+    # -- httpx transports (meter.client) ---------------------------------------------------
+    def transport(
+        self,
+        user: str | None = None,
+        team: str | None = None,
+        wrapped: httpx.BaseTransport | None = None,
+    ) -> MeteringTransport:
+        """An httpx transport that meters any POST to `*/chat/completions` or `*/completions`."""
+        from meter.client._transport import MeteringTransport
+
+        return MeteringTransport(self, user=user, team=team, wrapped=wrapped)
+
+    def async_transport(
+        self,
+        user: str | None = None,
+        team: str | None = None,
+        wrapped: httpx.AsyncBaseTransport | None = None,
+    ) -> AsyncMeteringTransport:
+        """The asyncio twin of `transport()`, for `httpx.AsyncClient`."""
+        from meter.client._transport import AsyncMeteringTransport
+
+        return AsyncMeteringTransport(self, user=user, team=team, wrapped=wrapped)
 
     # -- public API --------------------------------------------------------------------------
     def record(

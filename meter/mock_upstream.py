@@ -1,0 +1,439 @@
+"""A local OpenAI-compatible upstream that answers like OpenRouter, and misbehaves on request.
+
+It serves `POST /v1/chat/completions`, `/chat/completions` and legacy `/v1/completions`,
+`/completions`, streaming or not, with deterministic, realistic text, an `id`, and usage counted
+with the Mistral v1 tokenizer when `mistral-common` is installed (`meter.tokens` otherwise).
+`usage.cost` is computed from the seed price ($0.11 / $0.19 per 1M tokens) for any model.
+Streams start with an `: OPENROUTER PROCESSING` comment; usage comes in a last chunk with empty
+`choices`, only when the request asks for it (`stream_options.include_usage`), as OpenAI does.
+
+Misbehaviour, per request with the header `X-Mock-Behavior` (or for every request with the
+environment variable `METER_MOCK_BEHAVIOR` / `meter mock-upstream --behavior`), comma-separated:
+
+  rate_limit          429 with `Retry-After` (seconds: header `X-Mock-Retry-After`, default 1)
+  server_error        500            bad_gateway   502          unavailable   503
+  bad_request         400 (not retried)
+  midstream_error     HTTP 200, some text, then a chunk with a top-level `error` (string `code`)
+                      and `finish_reason: "error"`; non-streaming: a 200 body with `error`
+  cut                 some text, then the connection is dropped (no usage, no `[DONE]`)
+  no_usage            no usage at all
+  usage_in_last_chunk usage on the last chunk that still has `choices` (some providers do this)
+  whitespace          blank lines before a non-streaming JSON body (OpenRouter's keep-alive)
+  slow                a pause before the first byte and between chunks (`X-Mock-Delay-Ms`, 200)
+  fragmented          CRLF line ends, `data:` without a space, written a few bytes at a time
+  malformed_usage     usage with a negative and a non-numeric count
+  not_utf8            a byte that is not UTF-8 inside the text
+  truncated           a non-streaming body cut in the middle of its JSON
+
+`NAME:N` misbehaves only on the first N identical requests (same behaviour and body), then
+answers normally: what a retry test needs. `X-Mock-Cached-Tokens` / `X-Mock-Reasoning-Tokens`
+set those usage details. Every request seen is kept (`MockUpstream.requests`,
+`GET /mock/requests`; `DELETE /mock/requests` forgets them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from meter.money import render_usd
+from meter.pricing import SEED_PRICE, cost_of
+from meter.tokens import count_messages, count_prompt, count_text, message_text
+
+BEHAVIORS = (
+    "rate_limit",
+    "server_error",
+    "bad_gateway",
+    "unavailable",
+    "bad_request",
+    "midstream_error",
+    "cut",
+    "no_usage",
+    "usage_in_last_chunk",
+    "whitespace",
+    "slow",
+    "fragmented",
+    "malformed_usage",
+    "not_utf8",
+    "truncated",
+)
+_STATUS = {
+    "rate_limit": 429,
+    "server_error": 500,
+    "bad_gateway": 502,
+    "unavailable": 503,
+    "bad_request": 400,
+}
+ENV_BEHAVIOR = "METER_MOCK_BEHAVIOR"
+PROCESSING_COMMENT = b": OPENROUTER PROCESSING\n\n"
+
+SENTENCES = (
+    "Metering is the quiet part of running a language model in production.",
+    "Every call has a prompt, a completion and a price, and each of them can be counted exactly.",
+    "A week of traffic adds up to a bill that a team can read line by line.",
+    "Caching a long system prompt saves money when the same context comes back often.",
+    "Streaming makes the first token arrive sooner, which users notice more than the total.",
+    "Budgets work best when the alert arrives before the money is spent, not after.",
+    "The café on the corner serves a naïve espresso — strong, short and honest.",
+    "Tokens are not words: a long word may take three of them, a common one just one.",
+)
+DEFAULT_SENTENCES = 3
+
+
+class _CutConnection(Exception):
+    """Raised inside a response body on purpose: the server drops the connection."""
+
+
+class _QuietCut(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, _CutConnection)
+
+
+@dataclass
+class SeenRequest:
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class Reply:
+    """What the mock answers to one request: text pieces and their token counts."""
+
+    pieces: list[str]
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+def reply_for(body: dict[str, Any]) -> Reply:
+    """The deterministic answer to a request: a few sentences chosen by the prompt, cut at
+    `max_tokens` (counted with the same tokenizer as the usage)."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        prompt_text = message_text(messages[-1].get("content")) if messages else ""
+        prompt_tokens = count_messages(messages)
+    else:
+        prompt = body.get("prompt")
+        prompt_text = prompt if isinstance(prompt, str) else ""
+        prompt_tokens = count_prompt(prompt)
+    start = zlib.crc32(prompt_text.encode("utf-8", "surrogatepass")) % len(SENTENCES)
+    text = " ".join(SENTENCES[(start + i) % len(SENTENCES)] for i in range(DEFAULT_SENTENCES))
+    pieces = re.findall(r"\s*\S+", text)
+    limit = body.get("max_tokens") or body.get("max_completion_tokens")
+    finish = "stop"
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        kept: list[str] = []
+        for piece in pieces:
+            if count_text("".join([*kept, piece])) > limit:
+                finish = "length"
+                break
+            kept.append(piece)
+        pieces = kept
+    return Reply(pieces, finish, prompt_tokens, count_text("".join(pieces)))
+
+
+def _usage_json(reply: Reply, cached: int, reasoning: int, malformed: bool) -> str:
+    """The usage object as JSON text: `cost` is written as an exact decimal number."""
+    cost = render_usd(cost_of(SEED_PRICE, reply.prompt_tokens, reply.completion_tokens).total_units)
+    prompt: Any = -reply.prompt_tokens if malformed else reply.prompt_tokens
+    completion: Any = "many" if malformed else reply.completion_tokens
+    doc = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+        "cost": "__COST__",
+        "is_byok": False,
+        "prompt_tokens_details": {"cached_tokens": cached},
+        "completion_tokens_details": {"reasoning_tokens": reasoning},
+    }
+    return json.dumps(doc, separators=(",", ":")).replace('"__COST__"', cost or "0")
+
+
+@dataclass
+class _Plan:
+    behaviors: set[str]
+    retry_after: str
+    delay: float
+    cached: int
+    reasoning: int
+
+
+@dataclass
+class MockUpstream:
+    """The mock's state and its ASGI app. `default_behavior` applies when a request names none."""
+
+    default_behavior: str | None = None
+    requests: list[SeenRequest] = field(default_factory=list)
+    _attempts: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.default_behavior is None:
+            self.default_behavior = os.environ.get(ENV_BEHAVIOR) or None
+        paths = ("/v1/chat/completions", "/chat/completions", "/v1/completions", "/completions")
+        routes = [Route(p, self._complete, methods=["POST"]) for p in paths]
+        routes.append(Route("/mock/requests", self._requests, methods=["GET", "DELETE"]))
+        self.app = Starlette(routes=routes)
+
+    # -- what a test inspects --------------------------------------------------------------
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self._attempts.clear()
+
+    async def _requests(self, request: Request) -> Response:
+        if request.method == "DELETE":
+            self.reset()
+            return Response(status_code=204)
+        with self._lock:
+            seen = [{"path": r.path, "headers": r.headers, "body": r.body} for r in self.requests]
+        return JSONResponse({"requests": seen})
+
+    # -- answering ---------------------------------------------------------------------------
+    def _plan(self, request: Request, raw: bytes) -> _Plan:
+        spec = request.headers.get("x-mock-behavior") or self.default_behavior or ""
+        active: set[str] = set()
+        for item in (s.strip() for s in spec.split(",")):
+            if not item:
+                continue
+            name, _, times = item.partition(":")
+            if name not in BEHAVIORS:
+                continue
+            if times.isdigit():
+                key = hashlib.sha256(item.encode() + b"\0" + raw).hexdigest()
+                with self._lock:
+                    seen = self._attempts.get(key, 0)
+                    self._attempts[key] = seen + 1
+                if seen >= int(times):
+                    continue
+            active.add(name)
+        headers = request.headers
+        return _Plan(
+            active,
+            headers.get("x-mock-retry-after", "1"),
+            int(headers.get("x-mock-delay-ms", "200")) / 1000,
+            int(headers.get("x-mock-cached-tokens", "0")),
+            int(headers.get("x-mock-reasoning-tokens", "0")),
+        )
+
+    async def _complete(self, request: Request) -> Response:
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        with self._lock:
+            self.requests.append(SeenRequest(request.url.path, dict(request.headers), body))
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            return _error(400, "the body must be a JSON object with a model")
+        plan = self._plan(request, raw)
+        for name, status in _STATUS.items():
+            if name in plan.behaviors:
+                headers = {"Retry-After": plan.retry_after} if status == 429 else None
+                return _error(status, f"mock {name}", headers)
+        if "slow" in plan.behaviors:
+            await asyncio.sleep(plan.delay)
+        chat = request.url.path.endswith("/chat/completions")
+        reply = reply_for(body)
+        if body.get("stream") is True:
+            return StreamingResponse(
+                _stream(body, reply, plan, chat), media_type="text/event-stream"
+            )
+        return _complete_body(body, reply, plan, chat)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse({"error": {"code": status, "message": message}}, status, headers)
+
+
+def _ids(body: dict[str, Any], chat: bool) -> dict[str, Any]:
+    return {
+        "id": f"gen-{int(time.time())}-{uuid.uuid4().hex[:20]}",
+        "provider": "Mock",
+        "model": body["model"],
+        "object": "chat.completion" if chat else "text_completion",
+        "created": int(time.time()),
+    }
+
+
+def _complete_body(body: dict[str, Any], reply: Reply, plan: _Plan, chat: bool) -> Response:
+    b = plan.behaviors
+    head = _ids(body, chat)
+    if "midstream_error" in b:
+        error = {"code": 502, "message": "mock: provider returned an error mid-generation"}
+        return JSONResponse({**head, "error": error})
+    text = "\udcff" + reply.text if "not_utf8" in b else reply.text
+    choice: dict[str, Any] = {"index": 0, "finish_reason": reply.finish_reason, "logprobs": None}
+    if chat:
+        choice["message"] = {"role": "assistant", "content": text, "refusal": None}
+    else:
+        choice["text"] = text
+    doc = {**head, "choices": [choice], "usage": "__USAGE__"}
+    out = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    if "no_usage" in b:
+        out = out.replace(',"usage":"__USAGE__"', "")
+    else:
+        usage = _usage_json(reply, plan.cached, plan.reasoning, "malformed_usage" in b)
+        out = out.replace('"__USAGE__"', usage)
+    data = out.encode("utf-8", "surrogateescape")
+    if "truncated" in b:
+        data = data[: len(data) // 2]
+    if "whitespace" in b:
+        data = b"\n\n   \n" + data
+    if "cut" in b:
+        return StreamingResponse(_cut_body(data), media_type="application/json")
+    return Response(data, media_type="application/json")
+
+
+async def _cut_body(data: bytes) -> AsyncIterator[bytes]:
+    yield data[: len(data) // 2]
+    raise _CutConnection
+
+
+async def _stream(
+    body: dict[str, Any], reply: Reply, plan: _Plan, chat: bool
+) -> AsyncIterator[bytes]:
+    b = plan.behaviors
+    head = _ids(body, chat)
+    head["object"] = "chat.completion.chunk" if chat else "text_completion"
+    options = body.get("stream_options")
+    wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+    wants_usage = wants_usage and "no_usage" not in b
+    usage = _usage_json(reply, plan.cached, plan.reasoning, "malformed_usage" in b)
+    fragmented = "fragmented" in b
+    delay = plan.delay if "slow" in b else 0.0
+
+    def event(doc: dict[str, Any], usage_json: str | None = None) -> bytes:
+        text = json.dumps({**head, **doc}, ensure_ascii=False, separators=(",", ":"))
+        if usage_json is not None:
+            text = text[:-1] + ',"usage":' + usage_json + "}"
+        data = text.encode("utf-8", "surrogateescape")
+        if fragmented:
+            return b"data:" + data + b"\r\n\r\n"
+        return b"data: " + data + b"\n\n"
+
+    def choice(piece: str | None, finish: str | None, first: bool = False) -> dict[str, Any]:
+        c: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+        if chat:
+            delta: dict[str, Any] = {"content": piece if piece is not None else ""}
+            if first:
+                delta["role"] = "assistant"
+            c["delta"] = delta
+        else:
+            c["text"] = piece or ""
+        return c
+
+    def frames() -> Iterator[bytes]:
+        yield PROCESSING_COMMENT
+        pieces = reply.pieces
+        if "not_utf8" in b:
+            pieces = ["\udcff" + pieces[0], *pieces[1:]] if pieces else ["\udcff"]
+        stop_at = max(1, len(pieces) // 2) if b & {"cut", "midstream_error"} else len(pieces)
+        for i, piece in enumerate(pieces[:stop_at]):
+            yield event({"choices": [choice(piece, None, first=i == 0)]})
+        if "cut" in b:
+            raise _CutConnection
+        if "midstream_error" in b:
+            error = {"code": "server_error", "message": "mock: provider disconnected"}
+            yield event({"error": error, "choices": [choice("", "error")]})
+            return
+        if wants_usage and "usage_in_last_chunk" in b:
+            yield event({"choices": [choice(None, reply.finish_reason)]}, usage)
+        else:
+            yield event({"choices": [choice(None, reply.finish_reason)]})
+            if wants_usage:
+                yield event({"choices": []}, usage)
+        yield b"data: [DONE]\r\n\r\n" if fragmented else b"data: [DONE]\n\n"
+
+    for frame in frames():
+        if delay:
+            await asyncio.sleep(delay)
+        if fragmented:
+            for i in range(0, len(frame), 5):
+                yield frame[i : i + 5]
+        else:
+            yield frame
+
+
+# -- running it ------------------------------------------------------------------------------
+
+
+def _quiet_cuts() -> None:
+    logging.getLogger("uvicorn.error").addFilter(_QuietCut())
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket with TCP_NODELAY (inherited by accepted connections): without it,
+    Nagle's algorithm and delayed ACKs add 40 ms to small responses on loopback."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def serve(host: str = "127.0.0.1", port: int = 8001, behavior: str | None = None) -> None:
+    """Run in the foreground until interrupted (`meter mock-upstream`)."""
+    _quiet_cuts()
+    mock = MockUpstream(behavior)
+    sock = _listen(host, port)
+    config = uvicorn.Config(mock.app, log_level="warning", lifespan="off")
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+@contextlib.contextmanager
+def running(
+    mock: MockUpstream | None = None, host: str = "127.0.0.1"
+) -> Iterator[tuple[MockUpstream, str]]:
+    """Run a mock on a free port in a thread; yields it and its base URL (`.../v1`)."""
+    _quiet_cuts()
+    mock = mock or MockUpstream()
+    sock = _listen(host, 0)
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(mock.app, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="meter-mock-upstream", daemon=True
+    )
+    thread.start()
+    try:
+        for _ in range(200):  # bounded: at most 10 s
+            if server.started or not thread.is_alive():
+                break
+            time.sleep(0.05)
+        if not server.started:
+            raise RuntimeError("the mock upstream did not start")
+        yield mock, f"http://{host}:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
