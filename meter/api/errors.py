@@ -126,6 +126,13 @@ async def _on_unicode_error(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _on_overflow(request: Request, exc: Exception) -> Response:
+    # SQLite's driver refuses integers beyond 64 bits (e.g. an id of 10**20) before SQL runs.
+    return validation_response(
+        [{"type": "value_error", "loc": ("body",), "msg": "a number is out of range"}]
+    )
+
+
 async def _on_integrity_error(request: Request, exc: Exception) -> Response:
     log.info("conflict on %s: %s", request.url.path, _reason(exc))
     return JSONResponse({"detail": "conflicts with an existing resource"}, status_code=409)
@@ -223,6 +230,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(sa.exc.IntegrityError, _on_integrity_error)
     app.add_exception_handler(sa.exc.DBAPIError, _on_dbapi_error)
     app.add_exception_handler(UnicodeEncodeError, _on_unicode_error)
+    app.add_exception_handler(OverflowError, _on_overflow)
     app.add_exception_handler(Exception, _on_unexpected)
 
 
