@@ -12,6 +12,7 @@ environment variable `METER_MOCK_BEHAVIOR` / `meter mock-upstream --behavior`), 
 
   rate_limit          429 with `Retry-After` (seconds: header `X-Mock-Retry-After`, default 1)
   server_error        500            bad_gateway   502          unavailable   503
+                      (502 and 503 carry `Retry-After` only when `X-Mock-Retry-After` is given)
   bad_request         400 (not retried)
   midstream_error     HTTP 200, some text, then a chunk with a top-level `error` (string `code`)
                       and `finish_reason: "error"`; non-streaming: a 200 body with `error`
@@ -177,7 +178,7 @@ def _usage_json(reply: Reply, cached: int, reasoning: int, malformed: bool) -> s
 @dataclass
 class _Plan:
     behaviors: set[str]
-    retry_after: str
+    retry_after: str | None
     delay: float
     cached: int
     reasoning: int
@@ -235,7 +236,7 @@ class MockUpstream:
         headers = request.headers
         return _Plan(
             active,
-            headers.get("x-mock-retry-after", "1"),
+            headers.get("x-mock-retry-after"),
             int(headers.get("x-mock-delay-ms", "200")) / 1000,
             int(headers.get("x-mock-cached-tokens", "0")),
             int(headers.get("x-mock-reasoning-tokens", "0")),
@@ -254,7 +255,8 @@ class MockUpstream:
         plan = self._plan(request, raw)
         for name, status in _STATUS.items():
             if name in plan.behaviors:
-                headers = {"Retry-After": plan.retry_after} if status == 429 else None
+                wait = plan.retry_after or ("1" if status == 429 else None)
+                headers = {"Retry-After": wait} if wait and status in (429, 502, 503) else None
                 return _error(status, f"mock {name}", headers)
         if "slow" in plan.behaviors:
             await asyncio.sleep(plan.delay)
