@@ -188,6 +188,10 @@ def test_patch_get_delete_and_404(db: Database):
     assert client.delete(f"/v1/budgets/{bid}").status_code == 404
     assert client.post(f"/v1/budgets/{bid}/test").status_code == 404
     assert client.get("/v1/budgets").json() == {"budgets": []}
+    assert client.get("/v1/budgets/99999999999").status_code == 404
+    assert client.delete("/v1/budgets/99999999999").status_code == 404
+    assert client.get("/v1/alerts", params={"budget_id": 99999999999}).json() == {"alerts": []}
+    assert client.get("/v1/alerts", params={"week": "2025-W53"}).status_code == 422
 
 
 def test_roles_and_team_scoped_keys(db: Database):

@@ -54,7 +54,8 @@ def create_app(settings: Settings, db: Database, *, scheduler: bool = True) -> F
         finally:
             # Waits for a running roll-up to finish its chunk: off the event loop.
             await asyncio.to_thread(stop_scheduler, jobs)
-            webhooks.stop()
+            # May wait for a send in flight (bounded by its timeouts): off the event loop too.
+            await asyncio.to_thread(webhooks.stop)
 
     app = FastAPI(
         title="meter",

@@ -23,6 +23,9 @@ U = models.WeeklyUsage
 
 ALERT_KEY = ("budget_id", "type", "week_start", "threshold")
 _SPLIT = 10**6  # see _spend_columns
+# budgets.id is an INTEGER: a larger id cannot exist (and PostgreSQL refuses to compare an
+# INTEGER with it), so it is simply not found.
+_MAX_ID = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,8 @@ def insert_budget(conn: Connection, values: dict[str, Any]) -> int:
 
 
 def get_budget(conn: Connection, budget_id: int) -> BudgetRow | None:
+    if not 0 < budget_id <= _MAX_ID:
+        return None
     row = conn.execute(sa.select(*_BUDGET_COLUMNS).where(B.id == budget_id)).first()
     return _budget(row) if row else None
 
@@ -119,10 +124,14 @@ def list_budgets(
 
 
 def update_budget(conn: Connection, budget_id: int, values: dict[str, Any]) -> bool:
+    if not 0 < budget_id <= _MAX_ID:
+        return False
     return conn.execute(sa.update(B).where(B.id == budget_id).values(**values)).rowcount == 1
 
 
 def delete_budget(conn: Connection, budget_id: int) -> bool:
+    if not 0 < budget_id <= _MAX_ID:
+        return False
     # Alerts go with it (ON DELETE CASCADE); delete them explicitly too, for SQLite connections
     # opened without foreign keys on.
     conn.execute(sa.delete(A).where(A.budget_id == budget_id))
@@ -251,6 +260,8 @@ def list_alerts(
     """Newest first. `team` keeps only alerts of that team's budgets (a scoped key)."""
     query = sa.select(*_ALERT_COLUMNS).order_by(A.id.desc()).limit(limit)
     if budget_id is not None:
+        if not 0 < budget_id <= _MAX_ID:
+            return []
         query = query.where(A.budget_id == budget_id)
     if week_start is not None:
         query = query.where(A.week_start == week_start)

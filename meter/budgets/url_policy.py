@@ -49,7 +49,7 @@ def literal_address(host: str) -> IPAddress | None:
     try:
         # inet_aton accepts what the OS resolver would (0x7f.1, 2130706433, 127.1).
         return ipaddress.IPv4Address(socket.inet_aton(host))
-    except OSError:
+    except (OSError, ValueError):
         return None
 
 
