@@ -165,15 +165,19 @@ def requests_in_scope(conn: Connection, chunk: Chunk, keys: list[Key], whole_ran
 
 
 def delete_emptied(conn: Connection, chunk: Chunk, keys: list[Key]) -> None:
-    """Drop the roll-up row of a locked group that has no events left."""
+    """Drop the roll-up row of a locked group that has no events left.
+
+    A scalar subquery with LIMIT rather than NOT EXISTS: PostgreSQL turns NOT EXISTS into an
+    anti-join that sorts the whole week's events; this is one index probe per locked row.
+    """
     scope, params = _scope(conn, chunk, keys)
     match = " AND ".join(f'e."{c}" = weekly_usage."{c}"' for c in _GROUP)
     conn.execute(
         _text(
             f'DELETE FROM weekly_usage WHERE week_start = :w AND (team, "user", model) IN '
             f'(SELECT k.team, k."user", k.model FROM {scope} k) '
-            f"AND NOT EXISTS (SELECT 1 FROM events e WHERE e.week_start = weekly_usage.week_start "
-            f"AND {match})"
+            f"AND (SELECT 1 FROM events e WHERE e.week_start = weekly_usage.week_start "
+            f"AND {match} LIMIT 1) IS NULL"
         ),
         {**params, "w": chunk.week_start},
     )
