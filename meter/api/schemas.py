@@ -15,10 +15,9 @@ from typing import Annotated
 
 from pydantic import (
     AfterValidator,
-    AwareDatetime,
     BaseModel,
-    BeforeValidator,
     PlainSerializer,
+    PlainValidator,
     Strict,
     StringConstraints,
     WithJsonSchema,
@@ -60,15 +59,44 @@ Timestamp = Annotated[
 ]
 
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
-MAX_FUTURE = timedelta(minutes=5)
-
-
 LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+MAX_FUTURE = timedelta(minutes=5)
+# RFC 3339 date-time (seconds optional, as many clients drop them); fromisoformat does the rest.
+RFC3339_PATTERN = r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}:\d{2})$"
+_RFC3339 = re.compile(RFC3339_PATTERN)
 
 
-def _sane_instant(value: datetime) -> datetime:
+RFC3339_HINT = "give an RFC 3339 timestamp with an offset, e.g. 2026-11-24T12:00:00Z"
+
+
+def rfc3339_to_datetime(text: str) -> datetime:
+    """Text already matching RFC3339_PATTERN -> datetime (ValueError for e.g. a 30th of Feb)."""
     try:
-        utc = value.astimezone(UTC)
+        return datetime.fromisoformat(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text.upper())  # 't' and 'z' are allowed by RFC 3339
+    except ValueError as exc:
+        raise ValueError(f"not a valid date and time ({exc})") from None
+
+
+def parse_rfc3339(value: object) -> datetime:
+    """An RFC 3339 string WITH an offset (or an aware datetime) -> aware UTC datetime.
+
+    pydantic's own datetime parsing also takes unix numbers, digit strings and naive times;
+    one plain function is also cheaper per event than a chain of validators.
+    """
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, str) and _RFC3339.match(value):
+        moment = rfc3339_to_datetime(value)
+    else:
+        raise ValueError(RFC3339_HINT)
+    if moment.tzinfo is None:
+        raise ValueError("needs a timezone offset: add Z or +HH:MM")
+    try:
+        utc = moment.astimezone(UTC)
     except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00 is past year 9999 in UTC
         raise ValueError("is out of range") from None
     if not EARLIEST <= utc < LATEST:
@@ -76,30 +104,31 @@ def _sane_instant(value: datetime) -> datetime:
     return utc
 
 
-def _not_in_future(value: datetime) -> datetime:
-    if value > datetime.now(UTC) + MAX_FUTURE:
+def parse_occurred_at(value: object) -> datetime:
+    moment = parse_rfc3339(value)
+    if moment > datetime.now(UTC) + MAX_FUTURE:
         raise ValueError("is more than 5 minutes in the future: check the caller's clock")
-    return value
+    return moment
 
 
-_RFC3339_START = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]")
-
-
-def _rfc3339_text(value: object) -> object:
-    # pydantic would also take unix numbers (and digit strings) for a datetime; RFC 3339 only.
-    if isinstance(value, datetime):
-        return value
-    if not isinstance(value, str) or not _RFC3339_START.match(value):
-        raise ValueError("give an RFC 3339 timestamp with an offset, e.g. 2026-11-24T12:00:00Z")
-    return value
-
-
+_TIMESTAMP_SCHEMA = {
+    "type": "string",
+    "format": "date-time",
+    "description": "RFC 3339 with an offset",
+    "examples": ["2026-11-24T12:00:00Z"],
+}
 # An instant as it comes in: an RFC 3339 string WITH an offset.
 InputTimestamp = Annotated[
-    AwareDatetime, BeforeValidator(_rfc3339_text), AfterValidator(_sane_instant)
+    datetime, PlainValidator(parse_rfc3339), WithJsonSchema(_TIMESTAMP_SCHEMA)
 ]
 # The time an LLM call happened: also not more than 5 minutes ahead of this server's clock.
-OccurredAt = Annotated[InputTimestamp, AfterValidator(_not_in_future)]
+OccurredAt = Annotated[
+    datetime, PlainValidator(parse_occurred_at), WithJsonSchema(_TIMESTAMP_SCHEMA)
+]
+
+# PostgreSQL text cannot hold NUL. A pattern is checked in pydantic's core, with no Python call
+# per string; lone surrogates never get this far from JSON (pydantic's parser refuses them).
+NO_NUL = r"^[^\x00]*$"
 
 
 def storable_text(value: str) -> str:
@@ -117,8 +146,7 @@ def storable_text(value: str) -> str:
 Name = Annotated[
     str,
     Strict(),
-    StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH),
-    AfterValidator(storable_text),
+    StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NO_NUL),
 ]
 # The same for query parameters (query strings are always strings, so no Strict()).
 NameQuery = Annotated[
