@@ -98,7 +98,23 @@ def authenticate(
     if scheme.lower() != "bearer" or not token:
         if not any_keys(db, settings):
             return Principal(role="admin")  # open mode, loopback only (see meter serve)
+        if request.method in ("GET", "HEAD"):
+            # The dashboard's session cookie also reads the API (its CSV links); never for a
+            # write, so a cross-site form can do nothing with it.
+            from meter.dashboard.session import session_principal
+
+            session = session_principal(request, db, settings)
+            if session is not None:
+                return session
         raise _unauthorized("missing bearer token: send `Authorization: Bearer <key>`")
+    principal = principal_for_key(db, settings, token)
+    if principal is None:
+        raise _unauthorized("invalid API key")
+    return principal
+
+
+def principal_for_key(db: Database, settings: Settings, token: str) -> Principal | None:
+    """Who a raw API key stands for (the bearer header, the dashboard's login); None if nobody."""
     if settings.admin_key is not None and hmac.compare_digest(
         token.encode(), settings.admin_key.get_secret_value().encode()
     ):
@@ -111,7 +127,7 @@ def authenticate(
             ).where(models.ApiKey.key_hash == digest)
         ).first()
     if row is None or not hmac.compare_digest(row.key_hash, digest):
-        raise _unauthorized("invalid API key")
+        return None
     return Principal(role=row.role, team=row.team, key_id=row.id)
 
 

@@ -1,0 +1,164 @@
+"""What each dashboard page shows, read through the same code as the API (meter.reports,
+meter.budgets), so a number on the page is the number `GET /v1/...` answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+
+from markupsafe import Markup
+
+from meter.budgets import repository as budget_repo
+from meter.budgets.schemas import AlertOut
+from meter.budgets.service import alert_view
+from meter.dashboard.chart import Bar, budget_gauge, weekly_spend_chart
+from meter.db.session import Database
+from meter.money import render_usd, usd_to_units
+from meter.reports import team_summary, user_report, weekly_usage
+from meter.reports.schemas import TeamSummary, TeamWeek, UserReport
+from meter.reports.service import DEFAULT_WEEKS, this_week
+from meter.weeks import parse_week
+
+RECENT_ALERTS = 10
+
+
+@dataclass(frozen=True)
+class BudgetView:
+    id: int
+    limit_usd: str
+    spend_usd: str
+    ratio: str | None
+    thresholds: list[str]
+    enforce: bool
+    has_webhook: bool
+    gauge: Markup
+
+
+@dataclass(frozen=True)
+class ModelLine:
+    model: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: str | None
+
+
+@dataclass(frozen=True)
+class TeamPage:
+    team: str
+    summary: TeamSummary
+    this_week: TeamWeek
+    chart: Markup
+    budgets: list[BudgetView]
+    top_models: list[ModelLine]
+    alerts: list[AlertOut]
+    total_usd: str  # the chart's weeks together, exact
+
+
+def _cost_key(usd: str | None) -> Decimal:
+    return Decimal(usd) if usd is not None else Decimal(-1)  # unpriced sorts last
+
+
+def visible_teams(db: Database, scoped_to: str | None, now: datetime | None = None) -> list[str]:
+    """The teams a key may pick: its own, or every team with usage in the chart's weeks or a
+    team budget."""
+    if scoped_to is not None:
+        return [scoped_to]
+    usage = weekly_usage(db, group_by="team", now=now)
+    teams = {row.team for row in usage.rows if row.team}
+    with db.engine.connect() as conn:
+        teams |= {b.subject for b in budget_repo.list_budgets(conn) if b.scope == "team"}
+    return sorted(teams)
+
+
+def team_page(db: Database, team: str, now: datetime | None = None) -> TeamPage:
+    summary = team_summary(db, team, weeks=DEFAULT_WEEKS, now=now)
+    current = summary.weeks[-1]
+    chart = weekly_spend_chart(
+        [
+            Bar(
+                week=w.week,
+                week_start=date.fromisoformat(w.week_start),
+                usd=w.cost_usd,
+                current=w is current,
+            )
+            for w in summary.weeks
+        ]
+    )
+    models = weekly_usage(
+        db, first=current.week, last=current.week, team=team, group_by="model", now=now
+    )
+    top_models = sorted(
+        (
+            ModelLine(
+                model=row.model or "",
+                requests=row.requests,
+                prompt_tokens=row.prompt_tokens,
+                completion_tokens=row.completion_tokens,
+                cost_usd=row.cost_usd,
+            )
+            for row in models.rows
+        ),
+        key=lambda m: (-_cost_key(m.cost_usd), -m.requests, m.model),
+    )
+    with db.engine.connect() as conn:
+        conn = conn.execution_options(readonly=True)
+        stored = {b.id: b for b in budget_repo.list_budgets(conn, team=team)}
+        alerts = [
+            alert_view(a) for a in budget_repo.list_alerts(conn, team=team, limit=RECENT_ALERTS)
+        ]
+    budgets = []
+    for b in summary.budgets:
+        row = stored.get(b.id)
+        if row is None:  # deleted between the two reads
+            continue
+        thresholds = [format(t.normalize(), "f") for t in row.thresholds]
+        budgets.append(
+            BudgetView(
+                id=b.id,
+                limit_usd=b.weekly_limit_usd,
+                spend_usd=b.spend_usd,
+                ratio=b.ratio,
+                thresholds=thresholds,
+                enforce=row.enforce,
+                has_webhook=bool(row.webhook_url),
+                gauge=budget_gauge(b.spend_usd, b.weekly_limit_usd, thresholds),
+            )
+        )
+    return TeamPage(
+        team=team,
+        summary=summary,
+        this_week=current,
+        chart=chart,
+        budgets=budgets,
+        top_models=top_models,
+        alerts=alerts,
+        total_usd=render_usd(sum(usd_to_units(Decimal(w.cost_usd or 0)) for w in summary.weeks))
+        or "0",
+    )
+
+
+@dataclass(frozen=True)
+class UserPage:
+    report: UserReport
+    previous_week: str
+    next_week: str | None  # None: the report is for this week (or later)
+
+
+def user_page(
+    db: Database,
+    user: str,
+    week: str | None,
+    team: str | None,
+    now: datetime | None = None,
+) -> UserPage:
+    """A user's bill for a week by model (`team`: what a team-scoped key may see)."""
+    report = user_report(db, user, week=week, team=team, now=now)
+    shown = parse_week(report.week)
+    current = this_week(db, now)
+    return UserPage(
+        report=report,
+        previous_week=shown.previous().label,
+        next_week=shown.next().label if shown < current else None,
+    )
