@@ -11,14 +11,18 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy.orm import Session
 
 from meter import InvalidRequest, Meter
 from meter.db import migrate, models
 from meter.db.engine import make_engine
+from meter.db.ledger import _SqliteSecondCache
 from meter.db.prices import add_price
 from meter.money import render_usd
 from meter.pricing import SEED_MODEL, make_price
@@ -302,3 +306,25 @@ def test_a_forked_child_records_through_its_own_segment(db_url: str, tmp_path: P
     users = sorted(r.user for r in rows(db_url))
     assert users == ["child", "parent", "parent"]
     assert list((tmp_path / "spool").glob("*.jsonl")) == []
+
+
+@given(
+    moments=st.lists(
+        st.datetimes(
+            min_value=datetime(1970, 1, 2),
+            max_value=datetime(2200, 1, 1),
+            timezones=st.sampled_from(
+                [UTC, ZoneInfo("America/New_York"), ZoneInfo("Asia/Kolkata")]
+            ),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_the_ledgers_fast_sqlite_timestamps_are_exactly_sqlalchemys(moments: list[datetime]):
+    # The drain's hot path formats SQLite datetimes itself: they must be byte-identical to what
+    # SQLAlchemy writes, or range queries would compare text that sorts differently.
+    cache = _SqliteSecondCache()
+    for moment in sorted(moments) + moments:
+        expected = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        assert cache.text(moment) == expected

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -87,25 +87,53 @@ def _sqlite_datetime(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(" ", "microseconds")[:26]
 
 
+_EPOCH = datetime.min.replace(tzinfo=UTC)
+
+
 class _WeekCache:
     """`week_of` for a batch: events of one batch mostly share a week, and a week's exact UTC
-    bounds answer the question for all of them without a timezone conversion each."""
+    bounds answer the question for all of them without a timezone conversion each. `value` is
+    the week as the dialect stores it."""
 
-    def __init__(self, tz: ZoneInfo) -> None:
+    def __init__(self, tz: ZoneInfo, sqlite: bool) -> None:
         self.tz = tz
-        self.lo = self.hi = datetime.min.replace(tzinfo=UTC)
+        self.sqlite = sqlite
+        self.lo = self.hi = _EPOCH
         self.start = date.min
+        self.value: Any = None
 
     def start_of(self, moment: datetime) -> date:
         if not (self.lo <= moment < self.hi):
             week = week_of(moment, self.tz)
             self.lo, self.hi = week.bounds(self.tz)
             self.start = week.start
+            self.value = week.start.isoformat() if self.sqlite else week.start
         return self.start
 
 
+class _SqliteSecondCache:
+    """SQLite's datetime text for events of one batch, which mostly share their second: the
+    "YYYY-MM-DD HH:MM:SS." prefix is formatted once per second (isoformat is ~2 us a call)."""
+
+    def __init__(self) -> None:
+        self.lo = self.hi = _EPOCH
+        self.prefix = ""
+
+    def text(self, moment: datetime) -> str:
+        utc = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
+        if not (self.lo <= utc < self.hi):
+            self.lo = utc.replace(microsecond=0)
+            self.hi = self.lo + timedelta(seconds=1)
+            self.prefix = _sqlite_datetime(self.lo)[:20]
+        return f"{self.prefix}{utc.microsecond:06d}"
+
+
 def _row(
-    event: EventRecord, book: PriceBook, weeks: _WeekCache, received: Any, sqlite: bool
+    event: EventRecord,
+    book: PriceBook,
+    weeks: _WeekCache,
+    seconds: _SqliteSecondCache | None,
+    received: Any,
 ) -> tuple[Any, ...]:
     price = book.price_at(event.model, event.occurred_at)
     if price is None:
@@ -114,21 +142,23 @@ def _row(
         price_id = price.id
         input_cost = event.prompt_tokens * price.input_units
         output_cost = event.completion_tokens * price.output_units
-    week_start = weeks.start_of(event.occurred_at)
+    weeks.start_of(event.occurred_at)
     tags = json.dumps(event.tags, ensure_ascii=False) if event.tags is not None else None
-    provider_cost = provider_cost_to_units(event.provider_cost_usd)
-    if sqlite:
+    provider_cost = (
+        provider_cost_to_units(event.provider_cost_usd)
+        if event.provider_cost_usd is not None
+        else None
+    )
+    if seconds is not None:  # SQLite
         ident: Any = event.id.hex
-        occurred: Any = _sqlite_datetime(event.occurred_at)
-        week: Any = week_start.isoformat()
+        occurred: Any = seconds.text(event.occurred_at)
     else:
         ident = event.id
         occurred = event.occurred_at.astimezone(UTC).replace(tzinfo=None)
-        week = week_start
     return (
         ident,
         occurred,
-        week,
+        weeks.value,
         event.model,
         event.user or "",
         event.team or "",
@@ -167,14 +197,15 @@ def insert_events(
         if sqlite
         else received_at.astimezone(UTC).replace(tzinfo=None)
     )
-    weeks = _WeekCache(tz)
+    weeks = _WeekCache(tz, sqlite)
+    seconds = _SqliteSecondCache() if sqlite else None
     seen: set[Any] = set()
     rows = []
     for event in events:
         if event.id in seen:
             continue
         seen.add(event.id)
-        rows.append(_row(event, book, weeks, received, sqlite))
+        rows.append(_row(event, book, weeks, seconds, received))
     inserted = _insert_sqlite(conn, rows) if sqlite else _insert_postgres(conn, rows)
     mark_dirty(conn, {(r[2], r[5], r[4], r[3]) for r in rows})
     return InsertResult(inserted, len(events) - inserted)
@@ -205,7 +236,9 @@ def _insert_postgres(conn: Connection, rows: list[tuple[Any, ...]]) -> int:
             "ON CONFLICT (id) DO NOTHING"
         )
         inserted = cur.rowcount
-        cur.execute("TRUNCATE events_incoming")
+        # No TRUNCATE: ON COMMIT DELETE ROWS empties the table at commit, and a TRUNCATE inside
+        # the transaction costs a new relation file per batch (measured: a fifth of the time).
+        # A second call in the same transaction merely re-offers rows that now conflict.
     return max(int(inserted), 0)
 
 
