@@ -86,7 +86,7 @@ def home(request: Request, db: DbDep, settings: SettingsDep, team: str | None = 
             "message.html",
             status_code=403,
             heading="Not your team",
-            message=f"This key is scoped to team {scope!r}; it cannot see team {team!r}.",
+            message=f"This key is scoped to team {scope}; it cannot see team {team}.",
             chrome=_chrome(viewer, [scope], scope),
         )
     teams = views.visible_teams(db, scope)
