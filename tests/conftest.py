@@ -159,6 +159,15 @@ class DatabaseFactory:
                 pg.drop(url)
 
 
+@pytest.fixture(autouse=True)
+def _private_spool(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test gets its own METER_SPOOL_DIR (subprocesses inherit it): a Meter one test left
+    open must never have its spooled events replayed into another test's database."""
+    monkeypatch.setenv("METER_SPOOL_DIR", str(tmp_path_factory.mktemp("spool")))
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     if request.param == "postgresql":
