@@ -136,8 +136,10 @@ def main(argv: list[str] | None = None) -> int:
             f"  LiteLLM import took {lite['import_s']:.1f} s; cost callbacks with a cost: "
             f"{lite['callbacks_with_cost']}"
         )
-    say(f"  meter stored {ours['stored']} of {ours['spooled']} spooled events (flushed: "
-        f"{ours['flushed']})")
+    say(
+        f"  meter stored {ours['stored']} of {ours['spooled']} spooled events (flushed: "
+        f"{ours['flushed']})"
+    )
     report.save()
     return 0
 

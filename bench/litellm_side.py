@@ -23,8 +23,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network for 
 os.environ.setdefault("LITELLM_TELEMETRY", "False")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import httpx  # noqa: E402
-from _ab import (  # noqa: E402
+import httpx
+from _ab import (
     MAX_TOKENS,
     MESSAGES,
     MODEL,

@@ -52,9 +52,7 @@ def _chunk(delta: dict[str, Any] | None, finish: str | None, usage: bool = False
         "object": "chat.completion.chunk",
         "created": 1764000000,
         "model": MODEL,
-        "choices": [] if delta is None else [
-            {"index": 0, "delta": delta, "finish_reason": finish}
-        ],
+        "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}],
     }
     text = json.dumps(doc, separators=(",", ":"))
     if usage:
