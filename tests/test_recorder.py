@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import subprocess
 import textwrap
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -328,3 +331,36 @@ def test_the_ledgers_fast_sqlite_timestamps_are_exactly_sqlalchemys(moments: lis
     for moment in sorted(moments) + moments:
         expected = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
         assert cache.text(moment) == expected
+
+
+def meter_threads() -> int:
+    return sum(t.name in ("meter-drain", "meter-fsync") for t in threading.enumerate())
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_a_meter_dropped_without_close_stops_its_threads_and_loses_nothing(
+    databases: DatabaseFactory, tmp_path: Path
+):
+    url = databases.url()
+    spool = tmp_path / "spool"
+    before = meter_threads()
+    down = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing"
+    meter = Meter(down, spool_dir=spool)
+    event = meter.record(model=SEED_MODEL, prompt_tokens=1, completion_tokens=1)
+    assert meter_threads() == before + 2
+    del meter
+    gc.collect()
+    assert wait_until(lambda: meter_threads() == before)
+    # Its unstored event was left in an unlocked segment: the next Meter stores it.
+    with Meter(url, spool_dir=spool) as again:
+        assert again.flush(timeout=30)
+    assert stored_ids(url) == [event.id]
+    assert list(spool.glob("*.jsonl")) == []

@@ -171,3 +171,17 @@ def test_meter_spool_replay_with_the_database_down_loses_nothing(tmp_path: Path)
     assert "nothing was lost" in out
     assert "s3cret" not in out
     assert path.exists()
+
+
+def test_a_stale_half_created_segment_is_cleaned_up(db_url: str, tmp_path: Path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    stale = spool / (DEAD + ".creating")
+    stale.write_bytes(b"")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    fresh = spool / ("1800000000000000000-1-b.jsonl" + ".creating")
+    fresh.write_bytes(b"")  # may be another process publishing its segment right now
+    with Meter(db_url, spool_dir=spool) as meter:
+        assert meter.flush(timeout=30)
+    assert not stale.exists()
+    assert fresh.exists()

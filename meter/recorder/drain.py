@@ -129,6 +129,7 @@ class Drainer:
         self._recovered = False  # the dead segments found at start are stored
         self._thread: threading.Thread | None = None
         self._fsync_thread: threading.Thread | None = None
+        self._abandoned = False
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -149,6 +150,20 @@ class Drainer:
         for adopted in self._adopted:
             os.close(adopted.fd)  # not finished: unlocked, for the next process to replay
         self._adopted = []
+
+    def abandon(self) -> None:
+        """The Meter was garbage-collected without `close()`: stop without waiting; the thread
+        releases the spool itself (what it did not store is left for the next replay)."""
+        self._abandoned = True
+        self._stop.set()
+        self._wake.set()
+
+    def _release_after_abandon(self) -> None:
+        self.writer.close(is_drained=self.is_drained)
+        for adopted in self._adopted:
+            os.close(adopted.fd)
+        self._adopted = []
+        self.store.close()
 
     def after_fork(self) -> None:
         """In a forked child: the parent's threads are gone and its adopted segments are its own.
@@ -230,12 +245,15 @@ class Drainer:
                         self._recovered = True
                         self._cond.notify_all()
                 self._sleep(IDLE_POLL_S)
+        if self._abandoned:
+            self._release_after_abandon()
 
     def _sleep(self, seconds: float) -> None:
         self._wake.wait(seconds)
         self._wake.clear()
 
     def _adopt_dead_segments(self) -> None:
+        segments.remove_stale_creating(self.writer.spool_dir)
         own = {s.path.name for s in self.writer.snapshot()}
         mine = own | {a.path.name for a in self._adopted}
         for path in segments.list_segments(self.writer.spool_dir):

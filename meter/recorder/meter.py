@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -92,6 +93,11 @@ class Meter:
         self._prices = PriceCache(self._store.load_prices)
         self._drain = Drainer(self._writer, self._store)
         lifecycle.register(self)
+        # A Meter dropped without close() (say, a client's default one) must not leave its
+        # threads running: when it is collected the drain stops and releases its segments.
+        # (No reference to self here, or it would never be collected.)
+        self._finalizer = weakref.finalize(self, Drainer.abandon, self._drain)
+        self._finalizer.atexit = False  # exit is lifecycle's business: it flushes first
         # Nothing here touches the store: opening it, replaying dead segments and loading
         # prices all happen in the background, so a down database never delays the caller.
         self._drain.start()
@@ -228,6 +234,7 @@ class Meter:
         if self._closed:
             return
         self._closed = True
+        self._finalizer.detach()
         self._drain.wait_for(self._writer.position, timeout)
         self._drain.stop()
         self._writer.close(is_drained=self._drain.is_drained)

@@ -92,6 +92,25 @@ def try_adopt(path: Path) -> int | None:
     return fd
 
 
+def remove_stale_creating(spool_dir: Path, older_than_s: float = 60.0) -> None:
+    """A process killed between creating and publishing a segment leaves an empty `.creating`
+    file behind (it never held an event: the first line is written after publishing)."""
+    try:
+        entries = [e for e in os.scandir(spool_dir) if e.name.endswith(CREATING_SUFFIX)]
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        try:
+            if time.time() - entry.stat().st_mtime < older_than_s:
+                continue
+        except FileNotFoundError:
+            continue
+        fd = try_adopt(path)
+        if fd is not None:
+            delete_segment(path, fd)
+
+
 def is_alive(path: Path) -> bool:
     """Is a segment's owner still running (does somebody hold its lock)?"""
     fd = try_adopt(path)
