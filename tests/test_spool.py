@@ -185,3 +185,18 @@ def test_a_stale_half_created_segment_is_cleaned_up(db_url: str, tmp_path: Path)
         assert meter.flush(timeout=30)
     assert not stale.exists()
     assert fresh.exists()
+
+
+def test_an_unwritable_spool_never_fails_the_caller(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the spool directory should be")
+    caplog.set_level(logging.WARNING, logger="meter.recorder")
+    with Meter(f"sqlite:///{tmp_path / 'm.db'}", spool_dir=blocker / "spool") as meter:
+        for i in range(50):
+            meter.record(model=SEED_MODEL, prompt_tokens=i, completion_tokens=1)
+        assert meter.stats().dropped == 50
+    warnings = [r for r in caplog.records if "cannot write to the spool" in r.getMessage()]
+    assert len(warnings) == 1  # at most one a minute, not one per call
+    assert not [r for r in caplog.records if r.exc_info]  # and no tracebacks from the threads

@@ -43,7 +43,7 @@ def list_segments(spool_dir: Path) -> list[Path]:
             for entry in os.scandir(spool_dir)
             if entry.name.endswith(SUFFIX) and entry.is_file()
         ]
-    except FileNotFoundError:
+    except OSError:  # no spool yet, or not a directory: the writer reports that, once
         return []
     return [spool_dir / name for name in sorted(names)]
 
@@ -97,7 +97,7 @@ def remove_stale_creating(spool_dir: Path, older_than_s: float = 60.0) -> None:
     file behind (it never held an event: the first line is written after publishing)."""
     try:
         entries = [e for e in os.scandir(spool_dir) if e.name.endswith(CREATING_SUFFIX)]
-    except FileNotFoundError:
+    except OSError:
         return
     for entry in entries:
         path = Path(entry.path)

@@ -79,9 +79,11 @@ class SpoolWriter:
             if self._others_bytes + self._own_bytes + len(line) > self.max_bytes:
                 self._drop()
                 return False
-            seg = self._active()
             try:
-                os.write(seg.fd, line)
+                seg = self._active()
+                written = os.write(seg.fd, line)
+                if written < len(line):  # only on a full disk: finish the line or fail
+                    os.write(seg.fd, line[written:])
             except OSError as exc:
                 # Disk full or the like: the event cannot be made durable; never raise.
                 self.stats.failures += 1
