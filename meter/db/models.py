@@ -117,9 +117,10 @@ class Event(Base):
 class RollupDirty(Base):
     """A (week, team, user, model) group whose totals must be recomputed.
 
-    Written in the same transaction as the events that touch it, so a group can never be
-    forgotten by a roll-up, whatever order concurrent transactions commit in. `n` is bumped by
-    every writer: the roll-up removes the row only if `n` did not change while it ran.
+    Written in the same transaction as the events that touch it (an upsert bumping `n`, so the
+    writer holds the row's lock until it commits), so a group can never be forgotten by a
+    roll-up, whatever order concurrent transactions commit in: the roll-up locks the marks it
+    takes, recomputes their groups, and deletes exactly those marks (see meter/rollup/engine.py).
     """
 
     __tablename__ = "rollup_dirty"
