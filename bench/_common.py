@@ -249,11 +249,29 @@ def sqlite_template() -> Path:
         tmp.unlink(missing_ok=True)
         engine = make_engine(f"sqlite:///{tmp}")
         migrate.upgrade(engine, "UTC")
-        with engine.connect() as conn:
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        _add_prices(engine)
         engine.dispose()
+        checkpoint(tmp)
         tmp.rename(path)
     return path
+
+
+def checkpoint(path: Path) -> None:
+    """Fold the WAL into the database file, so that the file alone can be copied."""
+    import sqlite3
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+
+
+def _add_prices(engine: Any) -> None:
+    from bench._events import add_bench_prices
+
+    with engine.begin() as conn:
+        add_bench_prices(conn)
 
 
 def new_sqlite(directory: Path, name: str) -> str:
@@ -319,6 +337,7 @@ class PgDatabases:
                 self.created.append(self.template)
                 engine = make_engine(self.url(self.template))
                 migrate.upgrade(engine, "UTC")
+                _add_prices(engine)
                 engine.dispose()
             self._exec(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
         else:
