@@ -118,6 +118,14 @@ def test_unknown_query_parameters_are_422_everywhere(client: TestClient) -> None
     assert client.get("/v1/events", params={"limit": "5"}).status_code == 200
 
 
+def test_absurd_numbers_are_422_on_every_route(client: TestClient) -> None:
+    huge_limit = {"scope": "global", "weekly_limit_usd": "1e999999"}
+    assert client.post("/v1/budgets", json=huge_limit).status_code == 422
+    assert client.get("/v1/budgets/100000000000000000000").status_code in (404, 422)
+    price = {"model": "m", "input_per_million_usd": "1e999999", "output_per_million_usd": "1"}
+    assert client.post("/v1/prices", json=price).status_code == 422
+
+
 def test_text_the_database_cannot_hold_is_422(client: TestClient) -> None:
     r = client.get("/v1/events", params={"user": "a\x00b"})
     assert r.status_code == 422

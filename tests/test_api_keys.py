@@ -142,3 +142,16 @@ def test_cli_create_prints_only_the_key_then_list_and_revoke(db_url: str) -> Non
     missing = runner.invoke(cli, ["keys", "revoke", "1"], env=env)
     assert missing.exit_code == 1
     assert "no key with id 1" in missing.stderr
+
+
+def test_with_no_key_at_all_the_api_is_open_until_the_first_key(db: Database) -> None:
+    """Open mode is what `meter serve` allows on loopback only; the first key ends it."""
+    with TestClient(create_app(Settings(), db, scheduler=False)) as c:
+        assert c.get("/v1/keys").json() == {"keys": []}
+        created = c.post("/v1/keys", json={"role": "admin", "name": "first"})
+        assert created.status_code == 201
+        r = c.get("/v1/keys")
+        assert r.status_code == 401
+        assert r.headers["www-authenticate"] == "Bearer"
+        auth = {"Authorization": f"Bearer {created.json()['key']}"}
+        assert c.get("/v1/keys", headers=auth).status_code == 200

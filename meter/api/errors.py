@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import decimal
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -127,7 +128,8 @@ async def _on_unicode_error(request: Request, exc: Exception) -> Response:
 
 
 async def _on_overflow(request: Request, exc: Exception) -> Response:
-    # SQLite's driver refuses integers beyond 64 bits (e.g. an id of 10**20) before SQL runs.
+    # Bad input that got past validation: SQLite's driver refuses integers beyond 64 bits (an id
+    # of 10**20), Decimal arithmetic overflows on "1e999999". A 422, not a crash.
     return validation_response(
         [{"type": "value_error", "loc": ("body",), "msg": "a number is out of range"}]
     )
@@ -231,6 +233,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(sa.exc.DBAPIError, _on_dbapi_error)
     app.add_exception_handler(UnicodeEncodeError, _on_unicode_error)
     app.add_exception_handler(OverflowError, _on_overflow)
+    # Decimal arithmetic on an absurd input (e.g. "1e999999" USD) overflows its context.
+    app.add_exception_handler(decimal.DecimalException, _on_overflow)
     app.add_exception_handler(Exception, _on_unexpected)
 
 
