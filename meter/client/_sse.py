@@ -10,11 +10,10 @@ are not UTF-8 become U+FFFD rather than an exception.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class ServerSentEvent:
+class ServerSentEvent(NamedTuple):  # a tuple: cheapest to make, once per stream chunk
     data: str
     event: str | None = None
 
@@ -55,26 +54,32 @@ class SSEDecoder:
         events: list[ServerSentEvent] = []
         for raw in lines:
             if not raw:
-                events.extend(self._dispatch())
+                if self._data:
+                    events.extend(self._dispatch())
+                else:
+                    self._event = None
+            elif raw.startswith(b"data:"):  # the hot path: one per chunk
+                value = raw[6:] if raw[5:6] == b" " else raw[5:]
+                self._data.append(value.decode("utf-8", "replace"))
+            elif raw[0] == 0x3A:  # ":" a comment
                 continue
-            if raw[0] == 0x3A:  # ":" a comment
-                continue
-            line = raw.decode("utf-8", "replace")
-            name, colon, value = line.partition(":")
-            if colon and value.startswith(" "):
-                value = value[1:]
-            if name == "data":
-                self._data.append(value)
-            elif name == "event":
-                self._event = value
-            # `id` and `retry` do not matter for a one-shot LLM stream; unknown fields are ignored.
+            else:
+                name, colon, value_text = raw.decode("utf-8", "replace").partition(":")
+                if colon and value_text.startswith(" "):
+                    value_text = value_text[1:]
+                if name == "data":
+                    self._data.append(value_text)
+                elif name == "event":
+                    self._event = value_text
+                # `id` and `retry` do not matter for a one-shot LLM stream; others are ignored.
         return events
 
     def _dispatch(self) -> list[ServerSentEvent]:
         if not self._data:
             self._event = None
             return []
-        event = ServerSentEvent("\n".join(self._data), self._event)
+        data = self._data
+        event = ServerSentEvent(data[0] if len(data) == 1 else "\n".join(data), self._event)
         self._data = []
         self._event = None
         return [event]

@@ -71,10 +71,11 @@ def _iterate(core: _StreamCore) -> Generator[ChatCompletionChunk, None, None]:
     end = End.CANCELLED
     try:
         for raw in core.response.iter_bytes():
-            yield from core.chunks(raw)
-            if core.done:
-                break
-        else:
+            if not core.done:
+                # Read on after `[DONE]` (to the end of the body, usually nothing) so that
+                # the connection goes back to the pool instead of being closed.
+                yield from core.chunks(raw)
+        if not core.done:
             yield from core.chunks(b"")
         end = End.ENDED
     except httpx.HTTPError as exc:
@@ -90,11 +91,10 @@ async def _aiterate(core: _StreamCore) -> AsyncGenerator[ChatCompletionChunk, No
     end = End.CANCELLED
     try:
         async for raw in core.response.aiter_bytes():
-            for chunk in core.chunks(raw):
-                yield chunk
-            if core.done:
-                break
-        else:
+            if not core.done:  # read on after `[DONE]`: the connection goes back to the pool
+                for chunk in core.chunks(raw):
+                    yield chunk
+        if not core.done:
             for chunk in core.chunks(b""):
                 yield chunk
         end = End.ENDED

@@ -252,36 +252,48 @@ def completion_from(
 
 
 def chunk_from(doc: dict[str, Any], reading: UsageReading | None) -> ChatCompletionChunk:
+    """One stream chunk -> objects. Runs once per chunk: plain checks, no helper calls."""
     choices = []
     raw_choices = doc.get("choices")
-    for i, c in enumerate(raw_choices if isinstance(raw_choices, list) else []):
-        if not isinstance(c, dict):
-            continue
-        d = c.get("delta")
-        d = d if isinstance(d, dict) else {}
-        index = _int(c.get("index"))
-        choices.append(
-            ChunkChoice(
-                i if index is None else index,
-                Delta(
-                    _str(d.get("role")),
-                    _str(d.get("content")),
-                    _tool_calls(d.get("tool_calls")),
-                    _str(d.get("reasoning")),
-                    d,
-                ),
-                _str(c.get("finish_reason")),
-                _wrap(c.get("logprobs")),
-                c,
+    if type(raw_choices) is list:
+        for i, c in enumerate(raw_choices):
+            if type(c) is not dict:
+                continue
+            d = c.get("delta")
+            if type(d) is not dict:
+                d = {}
+            role, content, reasoning = d.get("role"), d.get("content"), d.get("reasoning")
+            index, finish = c.get("index"), c.get("finish_reason")
+            calls = d.get("tool_calls")
+            logprobs = c.get("logprobs")
+            choices.append(
+                ChunkChoice(
+                    index if type(index) is int else i,
+                    Delta(
+                        role if type(role) is str else None,
+                        content if type(content) is str else None,
+                        _tool_calls(calls) if calls is not None else None,
+                        reasoning if type(reasoning) is str else None,
+                        d,
+                    ),
+                    finish if type(finish) is str else None,
+                    _wrap(logprobs) if logprobs is not None else None,
+                    c,
+                )
             )
-        )
     raw_usage = doc.get("usage")
     usage = usage_of(raw_usage, reading) if raw_usage is not None else None
+    ident, model, created, obj = (
+        doc.get("id"),
+        doc.get("model"),
+        doc.get("created"),
+        doc.get("object"),
+    )
     return ChatCompletionChunk(
-        _str(doc.get("id")),
-        _str(doc.get("model")),
-        _int(doc.get("created")),
-        _str(doc.get("object")),
+        ident if type(ident) is str else None,
+        model if type(model) is str else None,
+        created if type(created) is int else None,
+        obj if type(obj) is str else None,
         choices,
         usage,
         doc,

@@ -25,11 +25,16 @@ class UsageReading:
     cost_usd: Decimal | None = None
 
 
+# One decoder for every call: `json.loads(..., parse_float=...)` builds a new one each time,
+# which costs more than decoding a stream chunk.
+_DECODER = json.JSONDecoder(parse_float=Decimal)
+
+
 def loads(text: str | bytes) -> Any:
     """JSON with exact numbers; bytes that are not UTF-8 become U+FFFD instead of an error."""
     if isinstance(text, bytes | bytearray):
         text = bytes(text).decode("utf-8", "replace")
-    return json.loads(text, parse_float=Decimal)
+    return _DECODER.decode(text)
 
 
 def token_count(value: object) -> int | None:
@@ -84,29 +89,42 @@ def generation_id(doc: Mapping[str, Any]) -> str | None:
 
 
 def choice_text(choice: object) -> str:
-    """All the text a choice (or a stream delta) carries: content, reasoning, tool-call arguments,
-    and legacy completions' `text`: what an estimate of completion tokens must count."""
-    if not isinstance(choice, Mapping):
+    """All the text a choice (or a stream delta) carries: content, reasoning, refusal, tool-call
+    names and arguments, and legacy completions' `text`: what an estimate must count.
+
+    Called once per stream chunk, so the common case (a delta with `content`) is kept short.
+    """
+    if type(choice) is not dict:
         return ""
-    parts: list[str] = []
-    text = choice.get("text")
-    if isinstance(text, str):
-        parts.append(text)
-    for key in ("delta", "message"):
-        body = choice.get(key)
-        if not isinstance(body, Mapping):
-            continue
-        for field in ("content", "reasoning", "refusal"):
-            value = body.get(field)
-            if isinstance(value, str):
-                parts.append(value)
+    body = choice.get("delta")
+    if body is None:
+        body = choice.get("message")
+    text = ""
+    if type(body) is dict:
+        content = body.get("content")
+        if type(content) is str:
+            text = content
+        for field in ("reasoning", "refusal"):
+            extra = body.get(field)
+            if type(extra) is str:
+                text += extra
         calls = body.get("tool_calls")
-        if isinstance(calls, list):
-            for call in calls:
-                fn = call.get("function") if isinstance(call, Mapping) else None
-                if isinstance(fn, Mapping):
-                    for field in ("name", "arguments"):
-                        value = fn.get(field)
-                        if isinstance(value, str):
-                            parts.append(value)
+        if calls:
+            text += _tool_call_text(calls)
+    legacy = choice.get("text")
+    if type(legacy) is str:
+        text += legacy
+    return text
+
+
+def _tool_call_text(calls: object) -> str:
+    parts: list[str] = []
+    if isinstance(calls, list):
+        for call in calls:
+            fn = call.get("function") if isinstance(call, Mapping) else None
+            if isinstance(fn, Mapping):
+                for field in ("name", "arguments"):
+                    value = fn.get(field)
+                    if isinstance(value, str):
+                        parts.append(value)
     return "".join(parts)
