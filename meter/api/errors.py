@@ -54,7 +54,9 @@ def _public_error(error: dict[str, Any]) -> dict[str, Any]:
         "loc": list(error.get("loc", ())),
         "msg": str(error.get("msg", "invalid value")),
     }
-    value = error.get("input")
+    if "input" not in error:
+        return out
+    value = error["input"]
     short_text = isinstance(value, str) and len(value) <= _MAX_ECHOED_INPUT
     if value is None or isinstance(value, bool | int) or short_text:
         out["input"] = value
@@ -113,12 +115,21 @@ async def _on_database_unreachable(request: Request, exc: Exception) -> Response
     )
 
 
+def _unstorable_text_loc(request: Request) -> tuple[str, ...]:
+    """Where the text a database refused came from, when a path or query value is to blame."""
+    for kind, values in (("path", request.path_params), ("query", request.query_params)):
+        for name, value in values.items():
+            if isinstance(value, str) and "\x00" in value:
+                return (kind, name)
+    return ("body",)
+
+
 async def _on_data_error(request: Request, exc: Exception) -> Response:
-    # A value the database refused (out of range, unstorable text) that validation let through.
+    # A value the database refused (out of range, NUL in text) that validation let through.
     log.info("value refused by the database on %s: %s", request.url.path, _reason(exc))
-    return validation_response(
-        [{"type": "value_error", "loc": ("body",), "msg": "a value cannot be stored"}]
-    )
+    loc = _unstorable_text_loc(request)
+    msg = "must not contain NUL characters" if loc != ("body",) else "a value cannot be stored"
+    return validation_response([{"type": "value_error", "loc": loc, "msg": msg}])
 
 
 async def _on_unicode_error(request: Request, exc: Exception) -> Response:
