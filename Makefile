@@ -26,5 +26,8 @@ lint: $(BIN)/.installed
 
 check: lint test
 
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench.run_all
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .hypothesis dist build
