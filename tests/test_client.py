@@ -363,6 +363,7 @@ def test_the_api_key_never_shows(
     with MeteredClient(base_url=upstream[1], meter=meter, api_key="sk-or-v1-SECRET") as client:
         assert "SECRET" not in repr(client)
         assert "SECRET" not in str(vars(client.chat.completions))
+        assert "SECRET" not in str(vars(client))
         with pytest.raises(UpstreamError) as info:
             client.chat.completions.create(
                 model=MODEL, messages=HELLO, extra_headers={"X-Mock-Behavior": "bad_request"}

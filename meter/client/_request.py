@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from meter._exceptions import InvalidRequest
@@ -37,7 +37,7 @@ class ClientConfig:
     """What a client adds to every call."""
 
     url: str  # .../chat/completions
-    headers: dict[str, str]
+    headers: dict[str, str] = field(repr=False)  # holds the API key: never in a repr
     user: str | None
     team: str | None
     tags: dict[str, str] | None
@@ -96,7 +96,7 @@ def check_tags(tags: object) -> dict[str, str] | None:
 @dataclass(slots=True)
 class Prepared:
     content: bytes
-    headers: dict[str, str]
+    headers: dict[str, str] = field(repr=False)
     call: Call
     stream: bool
     strip_usage_chunk: bool  # meter asked for usage itself: hide the usage-only chunk
