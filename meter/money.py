@@ -34,6 +34,9 @@ def to_decimal(value: object, field: str = "amount") -> Decimal:
         raise InvalidPrice(f"{field}: {value!r} is not a number", field)
     if not d.is_finite():
         raise InvalidPrice(f"{field}: {value!r} is not a finite number", field)
+    # Far beyond any storable amount; refusing it here keeps Decimal from overflowing later.
+    if d and d.adjusted() > 18:
+        raise InvalidPrice(f"{field}: {value} is too large", field)
     return d
 
 

@@ -55,3 +55,11 @@ def test_usd_units_round_trip_and_refuse_extra_precision():
     with pytest.raises(InvalidPrice, match="precision"):
         usd_to_units(Decimal("0.0000000000001"))
     assert to_decimal("1E-7") == Decimal("0.0000001")
+
+
+@pytest.mark.parametrize("huge", ["1e999999", "-1e999999", "123456789012345678901"])
+def test_absurdly_large_amounts_are_refused_not_overflowed(huge: str):
+    with pytest.raises(InvalidPrice, match="too large"):
+        per_million_to_units_per_token(huge, "input_per_million_usd")
+    with pytest.raises(InvalidPrice, match="too large"):
+        usd_to_units(to_decimal(huge, "weekly_limit_usd"), "weekly_limit_usd")
