@@ -10,8 +10,16 @@ from typing import Any
 
 STATUSES = ("ok", "incomplete", "cancelled", "error")
 USAGE_SOURCES = ("provider", "estimated", "none")
+# Limits on one event, shared by `Meter.record`, the client and `POST /v1/events`, so that an
+# event one side accepts is never refused by the other after its caller has gone.
 MAX_NAME_LENGTH = 200
-MAX_TOKENS_PER_EVENT = 10**12
+# Far above any context window, and low enough that tokens x the dearest storable price
+# (meter.money caps it at ~$9,223 per 1M tokens) still fits the 64-bit cost columns.
+MAX_TOKENS_PER_EVENT = 10**9
+MAX_MILLIS = 2**31 - 1  # latency columns are 32-bit integers
+MAX_TAGS = 50
+MAX_TAG_KEY_LENGTH = 100
+MAX_TAG_VALUE_LENGTH = 500
 
 
 @dataclass(slots=True)

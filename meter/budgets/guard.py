@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -73,7 +74,8 @@ class BudgetGuard:
         refresh_seconds: float | None = None,
         first_load_timeout: float = FIRST_LOAD_TIMEOUT,
     ) -> None:
-        self.meter = meter
+        # A weak reference: the refresh thread must not keep an abandoned Meter alive.
+        self._meter_ref = weakref.ref(meter)
         interval = float(meter.settings.rollup_interval_seconds)
         self.refresh_seconds = refresh_seconds or min(interval, MAX_REFRESH_SECONDS)
         # A snapshot older than this is not trusted: the state "cannot be read", so fail open.
@@ -87,6 +89,14 @@ class BudgetGuard:
         self._http: httpx.Client | None = None
         self._thread = threading.Thread(target=self._run, name="meter-budget-guard", daemon=True)
         self._thread.start()
+
+    @property
+    def meter(self) -> Any:
+        meter = self._meter_ref()
+        if meter is None:
+            self._stop.set()
+            raise StoreUnavailable("the meter is gone")
+        return meter
 
     # -- the caller's path ------------------------------------------------------------------
 

@@ -248,6 +248,7 @@ class Meter:
         self._store.after_fork()
         self._prices.after_fork()
         self._guard_lock = threading.Lock()
+        self._guard = None  # its refresh thread did not survive the fork; a new one starts lazily
         if not self._closed:
             self._drain.after_fork()
 

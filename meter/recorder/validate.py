@@ -7,7 +7,16 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
 from meter._exceptions import InvalidRequest
-from meter.events import MAX_NAME_LENGTH, MAX_TOKENS_PER_EVENT, STATUSES, USAGE_SOURCES, EventRecord
+from meter.events import (
+    MAX_NAME_LENGTH,
+    MAX_TAG_KEY_LENGTH,
+    MAX_TAG_VALUE_LENGTH,
+    MAX_TAGS,
+    MAX_TOKENS_PER_EVENT,
+    STATUSES,
+    USAGE_SOURCES,
+    EventRecord,
+)
 from meter.ids import uuid7
 
 # The API refuses events further ahead than this (SPEC section 3); refuse them here too, since
@@ -34,6 +43,8 @@ def _name(value: object, field: str, *, optional: bool) -> str | None:
         raise InvalidRequest(f"{field}: must be a non-empty string, got {value!r}", field)
     if len(value) > MAX_NAME_LENGTH:
         raise InvalidRequest(f"{field}: at most {MAX_NAME_LENGTH} characters", field)
+    if "\x00" in value:
+        raise InvalidRequest(f"{field}: NUL characters are not allowed", field)
     return value
 
 
@@ -44,6 +55,17 @@ def _tags(value: object) -> dict[str, str] | None:
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
         raise InvalidRequest("tags: must be a dict of str -> str", "tags")
+    if len(value) > MAX_TAGS:
+        raise InvalidRequest(f"tags: at most {MAX_TAGS} tags", "tags")
+    for k, v in value.items():
+        if not k or len(k) > MAX_TAG_KEY_LENGTH or len(v) > MAX_TAG_VALUE_LENGTH:
+            raise InvalidRequest(
+                f"tags: keys of 1 to {MAX_TAG_KEY_LENGTH} characters, values of at most "
+                f"{MAX_TAG_VALUE_LENGTH}",
+                "tags",
+            )
+        if "\x00" in k or "\x00" in v:
+            raise InvalidRequest("tags: NUL characters are not allowed", "tags")
     return dict(value)
 
 

@@ -51,24 +51,32 @@ from meter.api.schemas import (
 from meter.db import models
 from meter.db.ledger import InsertResult, insert_events, load_price_book
 from meter.db.session import Database
-from meter.events import EventRecord
+from meter.events import (
+    MAX_MILLIS,
+    MAX_TAG_KEY_LENGTH,
+    MAX_TAG_VALUE_LENGTH,
+    MAX_TAGS,
+    MAX_TOKENS_PER_EVENT,
+    EventRecord,
+)
 from meter.metrics import EVENTS_INGESTED
 
 router = APIRouter(tags=["events"])
 
 MAX_BATCH = 10_000
-# Far above any context window, and low enough that tokens x the dearest storable price
-# (meter.money caps it at ~$9,223 per 1M tokens) still fits the 64-bit cost columns.
-MAX_TOKENS = 10**9
-MAX_MS = 2**31 - 1  # latency columns are 32-bit integers
-MAX_TAGS = 50
+MAX_TOKENS = MAX_TOKENS_PER_EVENT
+MAX_MS = MAX_MILLIS
 
 Status = Literal["ok", "incomplete", "cancelled", "error"]
 UsageSource = Literal["provider", "estimated", "none"]
 TokenCount = Annotated[int, Strict(), Field(ge=0, le=MAX_TOKENS)]
 Millis = Annotated[int, Strict(), Field(ge=0, le=MAX_MS)]
-TagKey = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=100, pattern=NO_NUL)]
-TagValue = Annotated[str, Strict(), StringConstraints(max_length=500, pattern=NO_NUL)]
+TagKey = Annotated[
+    str, Strict(), StringConstraints(min_length=1, max_length=MAX_TAG_KEY_LENGTH, pattern=NO_NUL)
+]
+TagValue = Annotated[
+    str, Strict(), StringConstraints(max_length=MAX_TAG_VALUE_LENGTH, pattern=NO_NUL)
+]
 GenerationId = Annotated[
     str, Strict(), StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)
 ]
