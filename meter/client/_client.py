@@ -7,6 +7,7 @@ recording they share are pure modules, only the sending differs.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
@@ -49,10 +50,22 @@ def _defaults(api_key: str | None, base_url: str | None) -> tuple[str | None, st
     return api_key, base_url or settings.upstream_base_url
 
 
+_shared_meter: Meter | None = None
+_shared_meter_lock = threading.Lock()
+
+
 def _default_meter() -> Meter:
+    """One Meter per process for every client made without one: each Meter runs threads.
+
+    It is flushed at interpreter exit (and on SIGTERM) like any Meter; clients never close it.
+    """
+    global _shared_meter
     from meter.recorder.meter import Meter
 
-    return Meter()
+    with _shared_meter_lock:
+        if _shared_meter is None or _shared_meter.closed:
+            _shared_meter = Meter()
+        return _shared_meter
 
 
 def _check_client_numbers(timeout: float | httpx.Timeout | None, max_retries: int) -> None:
@@ -108,7 +121,6 @@ class _Base:
         self.base_url = resolved_url
         self.timeout = timeout
         self.max_retries = max_retries
-        self._owns_meter = meter is None
         self.meter: Meter = meter if meter is not None else _default_meter()
         preload()  # estimates must not pay for the tokenizer's import
 
@@ -242,8 +254,6 @@ class MeteredClient(_Base):
     def close(self) -> None:
         if self._owns_http:
             self._http.close()
-        if self._owns_meter:
-            self.meter.close()
 
     def __enter__(self) -> MeteredClient:
         return self
@@ -351,8 +361,6 @@ class AsyncMeteredClient(_Base):
     async def close(self) -> None:
         if self._owns_http:
             await self._http.aclose()
-        if self._owns_meter:
-            self.meter.close()
 
     aclose = close
 

@@ -243,6 +243,10 @@ class Meter:
         self._store.close()
         lifecycle.unregister(self)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def _after_fork_in_child(self) -> None:
         self._writer.forget_after_fork()
         self._store.after_fork()
