@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from meter._exceptions import BudgetExceeded
 from meter.client._capture import End, StreamCapture, http_error_outcome, read_completion
 from meter.client._record import Call
 from meter.client._sse import SSEDecoder
+from meter.money import format_decimal
 
 if TYPE_CHECKING:
     from meter.recorder.meter import Meter
@@ -40,6 +42,31 @@ class _Plan:
     call: Call
     stream: bool
     strip_usage_chunk: bool
+
+
+def budget_exceeded_response(request: httpx.Request, exc: BudgetExceeded) -> httpx.Response:
+    """What an SDK sees when an enforced budget blocks a call: nothing was sent upstream.
+
+    Raising from inside a transport would not reach the SDK's caller as is: openai wraps any
+    transport exception in APIConnectionError and retries it. An HTTP 402 with an OpenAI-style
+    error body is not retried and surfaces as `openai.APIStatusError` (status_code 402).
+    """
+    return httpx.Response(
+        402,
+        json={
+            "error": {
+                "message": str(exc),
+                "type": "budget_exceeded",
+                "code": "budget_exceeded",
+                "budget_id": exc.budget_id,
+                "scope": exc.scope,
+                "subject": exc.subject,
+                "limit_usd": format_decimal(exc.limit_usd),
+                "spend_usd": format_decimal(exc.spend_usd),
+            }
+        },
+        request=request,
+    )
 
 
 def _plan(request: httpx.Request, meter: Meter, user: str | None, team: str | None) -> _Plan | None:
@@ -249,7 +276,10 @@ class MeteringTransport(httpx.BaseTransport):
         self._wrapped = wrapped if wrapped is not None else httpx.HTTPTransport()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        plan = _plan(request, self._meter, self._user, self._team)
+        try:
+            plan = _plan(request, self._meter, self._user, self._team)
+        except BudgetExceeded as exc:
+            return budget_exceeded_response(request, exc)
         if plan is None:
             return self._wrapped.handle_request(request)
         try:
@@ -291,7 +321,10 @@ class AsyncMeteringTransport(httpx.AsyncBaseTransport):
             and not isinstance(request.stream, httpx.ByteStream)
         ):
             await request.aread()  # an async body must be read before `_plan` reads it
-        plan = _plan(request, self._meter, self._user, self._team)
+        try:
+            plan = _plan(request, self._meter, self._user, self._team)
+        except BudgetExceeded as exc:
+            return budget_exceeded_response(request, exc)
         if plan is None:
             return await self._wrapped.handle_async_request(request)
         try:
