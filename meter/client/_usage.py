@@ -34,7 +34,10 @@ def loads(text: str | bytes) -> Any:
     """JSON with exact numbers; bytes that are not UTF-8 become U+FFFD instead of an error."""
     if isinstance(text, bytes | bytearray):
         text = bytes(text).decode("utf-8", "replace")
-    return _DECODER.decode(text)
+    try:
+        return _DECODER.decode(text)
+    except RecursionError:  # `[[[[...`: a hostile body is junk like any other, not a crash
+        raise ValueError("JSON nested too deeply") from None
 
 
 def token_count(value: object) -> int | None:
@@ -44,6 +47,8 @@ def token_count(value: object) -> int | None:
     if isinstance(value, int):
         count = value
     elif isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        if not 0 <= value <= MAX_TOKENS_PER_EVENT:  # before int(): `1e999999999` would hang
+            return None
         count = int(value)
     else:
         return None
@@ -59,6 +64,8 @@ def provider_cost(value: object) -> Decimal | None:
     except (InvalidOperation, ValueError):
         return None
     if not cost.is_finite() or cost < 0 or cost > 10**9:
+        return None
+    if cost and cost.adjusted() < -30:  # `1e-999999999` would render as a billion digits
         return None
     return cost
 
