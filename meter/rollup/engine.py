@@ -115,8 +115,10 @@ def rollup_chunk(db: Database, holder: str, chunk: Chunk, now: datetime) -> tupl
                     return 0, 0
                 existing = repo.existing_rows(conn, chunk)
                 whole = len(keys) >= WHOLE_RANGE_SHARE * existing
-                before = repo.requests_in_scope(conn, chunk, keys, whole)
-                repo.delete_emptied(conn, chunk, keys)
+                before = 0
+                if existing:  # else nothing is rolled up in this range yet: nothing to drop
+                    before = repo.requests_in_scope(conn, chunk, keys, whole)
+                    repo.delete_emptied(conn, chunk, keys)
                 if whole:
                     repo.recompute_range(conn, chunk, now)
                 else:
