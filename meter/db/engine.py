@@ -39,6 +39,9 @@ def normalize_url(url: str) -> sa.URL:
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     parsed = normalize_url(url)
+    # Bound parameters (webhook secrets, user data) stay out of SQL logs and of the text of
+    # database errors, which end up in logs too.
+    kwargs.setdefault("hide_parameters", True)
     try:
         if parsed.get_backend_name() == "sqlite":
             return _sqlite_engine(parsed, **kwargs)

@@ -36,6 +36,27 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC)
 
 
+class _SecretStr(str):
+    """A secret read from the database: a plain str, except that its repr is masked."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'**********'"
+
+
+class SecretString(TypeDecorator[str]):
+    """A write-only secret (webhook secrets): SQLAlchemy's echo logs result rows by repr, so
+    values read back come masked there; bound values are hidden by the engine's
+    `hide_parameters`."""
+
+    impl = sa.String
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else _SecretStr(value)
+
+
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -186,7 +207,7 @@ class Budget(Base):
     weekly_limit_units: Mapped[int] = mapped_column(BigInt)
     thresholds: Mapped[list[str]]  # decimal strings, ascending
     webhook_url: Mapped[str | None] = mapped_column(sa.String(2000))
-    webhook_secret: Mapped[str | None] = mapped_column(sa.String(500))  # write-only via the API
+    webhook_secret: Mapped[str | None] = mapped_column(SecretString(500))  # write-only via API
     enforce: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
