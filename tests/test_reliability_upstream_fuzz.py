@@ -580,7 +580,6 @@ class HostileUpstream:
                 with contextlib.suppress(OSError):
                     BY_NAME[name].writer(sock, upstream.stop)
 
-        socketserver.ThreadingTCPServer.allow_reuse_address = True
         self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
