@@ -17,6 +17,9 @@ import sqlalchemy as sa
 
 # No test may ever contact a host other than this machine (webhooks, fuzzed URLs).
 os.environ["METER_WEBHOOK_ALLOW_HOSTS"] = "127.0.0.1,localhost"
+# The CLI's rich consoles take their width when first imported: make it the same in every
+# worker, whichever test imports them first, so tables never wrap differently.
+os.environ["COLUMNS"] = "200"
 os.environ.pop("METER_DATABASE_URL", None)
 os.environ.pop("METER_ADMIN_KEY", None)
 
