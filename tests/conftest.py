@@ -28,6 +28,8 @@ from meter.db.engine import make_engine
 from meter.db.session import Database
 from meter.weeks import load_timezone
 
+pytest_plugins = ["tests.client_fixtures"]
+
 POSTGRES_URL = os.environ.get(
     "METER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )

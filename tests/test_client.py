@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 
 import httpx
 import pytest
 
 from meter import Meter, MeteredClient, UpstreamError
-from meter.mock_upstream import MockUpstream, running
+from meter.mock_upstream import MockUpstream
+from tests.client_fixtures import only_event
 from tests.client_helpers import (
     FAST_RETRY,
     HELLO,
@@ -25,35 +25,10 @@ from tests.client_helpers import (
 )
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[tuple[MockUpstream, str]]:
-    with running() as pair:
-        yield pair
-
-
-@pytest.fixture
-def mock(upstream: tuple[MockUpstream, str]) -> MockUpstream:
-    upstream[0].reset()
-    return upstream[0]
-
-
-@pytest.fixture
-def meter(db_url: str, tmp_path: Path) -> Iterator[Meter]:
-    with Meter(db_url, spool_dir=tmp_path / "spool") as m:
-        yield m
-
-
 @pytest.fixture
 def client(upstream: tuple[MockUpstream, str], meter: Meter) -> Iterator[MeteredClient]:
     with MeteredClient(base_url=upstream[1], meter=meter, api_key="sk-secret-123") as c:
         yield c
-
-
-def only_event(meter: Meter, db_url: str) -> Stored:
-    assert meter.flush(10)
-    events = stored_events(db_url)
-    assert len(events) == 1, events
-    return events[0]
 
 
 def test_a_call_records_exact_tokens_and_cost(

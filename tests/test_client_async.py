@@ -3,47 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from meter import AsyncMeteredClient, InvalidRequest, Meter, UpstreamError
-from meter.mock_upstream import MockUpstream, running
+from meter.mock_upstream import MockUpstream
+from tests.client_fixtures import events
 from tests.client_helpers import (
     FAST_RETRY,
     HELLO,
     HELLO_COST,
     MODEL,
-    Stored,
     mistral_text_tokens,
     seed_cost,
-    stored_events,
 )
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[tuple[MockUpstream, str]]:
-    with running() as pair:
-        yield pair
-
-
-@pytest.fixture
-def mock(upstream: tuple[MockUpstream, str]) -> MockUpstream:
-    upstream[0].reset()
-    return upstream[0]
-
-
-@pytest.fixture
-def meter(db_url: str, tmp_path: Path) -> Iterator[Meter]:
-    with Meter(db_url, spool_dir=tmp_path / "spool") as m:
-        yield m
-
-
-def events(meter: Meter, db_url: str) -> list[Stored]:
-    assert meter.flush(10)
-    return stored_events(db_url)
 
 
 def test_async_calls_record_exact_tokens_and_cost(

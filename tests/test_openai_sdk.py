@@ -3,41 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
 from meter import Meter
-from meter.mock_upstream import MockUpstream, running
-from tests.client_helpers import HELLO, HELLO_COST, MODEL, Stored, stored_events
+from meter.mock_upstream import MockUpstream
+from tests.client_fixtures import events
+from tests.client_helpers import HELLO, HELLO_COST, MODEL
 
 assert openai.__version__.startswith("2."), "the transport is tested with openai 2.x (httpx)"
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[tuple[MockUpstream, str]]:
-    with running() as pair:
-        yield pair
-
-
-@pytest.fixture
-def mock(upstream: tuple[MockUpstream, str]) -> MockUpstream:
-    upstream[0].reset()
-    return upstream[0]
-
-
-@pytest.fixture
-def meter(db_url: str, tmp_path: Path) -> Iterator[Meter]:
-    with Meter(db_url, spool_dir=tmp_path / "spool") as m:
-        yield m
-
-
-def events(meter: Meter, db_url: str) -> list[Stored]:
-    assert meter.flush(10)
-    return stored_events(db_url)
 
 
 def test_the_openai_sdk_is_metered_streaming_included(

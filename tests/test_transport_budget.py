@@ -15,8 +15,8 @@ from tests.test_enforce import HELLO, MODEL, Upstream, budget, store, this_week 
 
 
 def test_the_openai_sdk_gets_a_402_and_nothing_reaches_the_upstream(
-    store,
-    tmp_path: Path,  # noqa: F811
+    store,  # noqa: F811  (the fixture imported above)
+    tmp_path: Path,
 ):
     url, db = store
     blocked = budget(db, scope="team", subject="search")

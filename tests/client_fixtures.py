@@ -1,0 +1,44 @@
+"""Fixtures of the client, stream, transport and SDK tests: one mock upstream per test module,
+reset for each test, and a Meter on the parametrized database with its own spool."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meter import Meter
+from meter.mock_upstream import MockUpstream, running
+from tests.client_helpers import Stored, stored_events
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[tuple[MockUpstream, str]]:
+    """The mock upstream and its base URL."""
+    with running() as pair:
+        yield pair
+
+
+@pytest.fixture
+def mock(upstream: tuple[MockUpstream, str]) -> MockUpstream:
+    upstream[0].reset()
+    return upstream[0]
+
+
+@pytest.fixture
+def meter(db_url: str, tmp_path: Path) -> Iterator[Meter]:
+    with Meter(db_url, spool_dir=tmp_path / "spool") as m:
+        yield m
+
+
+def events(meter: Meter, db_url: str) -> list[Stored]:
+    """Everything stored so far, once the meter has flushed."""
+    assert meter.flush(10)
+    return stored_events(db_url)
+
+
+def only_event(meter: Meter, db_url: str) -> Stored:
+    stored = events(meter, db_url)
+    assert len(stored) == 1, stored
+    return stored[0]
