@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
@@ -20,9 +21,14 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# soft_wrap: a long line (a path, a URL) stays one line when piped or captured, not cut at 80.
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+# soft_wrap: a long line (a path, a URL) stays one line when piped or captured, not cut at 80;
+# and a table piped to a file or a pager gets room for full model names (it is only as wide as
+# its content). A terminal keeps its own width.
+_PIPED_WIDTH = 160
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else _PIPED_WIDTH)
+err_console = Console(
+    stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else _PIPED_WIDTH
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
