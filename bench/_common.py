@@ -4,6 +4,7 @@ bench/.cache/results/ for `bench.run_all`)."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -231,9 +232,18 @@ def meter_server(database_url: str, name: str) -> Iterator[str]:
 
 
 def workdir(name: str) -> Path:
-    path = CACHE / "work" / f"{name}-{os.getpid()}"
+    """A scratch directory for this process, removed when it exits (working copies of the 5M
+    dataset are gigabytes); directories left by killed runs are swept here too."""
+    root = CACHE / "work"
+    if root.is_dir():
+        for old in root.iterdir():
+            pid = old.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                shutil.rmtree(old, ignore_errors=True)
+    path = root / f"{name}-{os.getpid()}"
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
     return path
 
 
