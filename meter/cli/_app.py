@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from meter._exceptions import MeterError
@@ -57,8 +58,19 @@ def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
 def settings() -> Settings:
     try:
         return get_settings()
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise fail(f"bad configuration: {exc}") from None
+    except ValidationError as exc:
+        raise fail(f"bad configuration: {describe_settings_error(exc)}") from None
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """One line naming the environment variables at fault, not pydantic's report."""
+    parts = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else "settings"
+        variable = "OPENROUTER_API_KEY" if name == "openrouter_api_key" else f"METER_{name.upper()}"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{variable}: {message}")
+    return "; ".join(parts)
 
 
 def database(upgrade: bool = True) -> Database:
