@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from meter.weeks import Week, load_timezone, week_of
 from tests.budget_helpers import Receiver, loopback_settings
 from tests.conftest import DatabaseFactory
 from tests.factories import event
+from tests.recorder_helpers import free_port
 
 SECRET = "e2e-secret"
 
@@ -100,12 +100,6 @@ def test_events_roll_up_into_alerts_and_signed_webhooks(db: Database):
         worker.stop()
     finally:
         receiver.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

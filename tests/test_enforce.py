@@ -4,7 +4,6 @@ the check is a lookup in a cached snapshot; it fails open when the state cannot 
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from meter.db.session import Database
 from meter.weeks import load_timezone, week_of
 from tests.budget_helpers import USD, loopback_settings, put_usage
 from tests.conftest import DatabaseFactory
+from tests.recorder_helpers import free_port
 
 MODEL = "mistralai/mistral-7b-instruct-v0.1"
 HELLO = [{"role": "user", "content": "Hello"}]
@@ -150,12 +150,6 @@ def test_fails_open_with_a_warning_when_the_database_is_down(
         guard.check(team="search", user="alice")  # no exception: the call may proceed
         guard.close()
     assert "budget enforcement is off until the budget state can be read again" in caplog.text
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ServerThread:
