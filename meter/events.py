@@ -41,6 +41,27 @@ class EventRecord:
     generation_id: str | None = None
     provider_cost_usd: Decimal | None = None
 
+    def copy(self) -> EventRecord:
+        """A copy that shares nothing mutable with this one (the tags dict is copied)."""
+        return EventRecord(
+            self.id,
+            self.occurred_at,
+            self.model,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.user,
+            self.team,
+            None if self.tags is None else dict(self.tags),
+            self.status,
+            self.usage_source,
+            self.cached_tokens,
+            self.reasoning_tokens,
+            self.latency_ms,
+            self.ttft_ms,
+            self.generation_id,
+            self.provider_cost_usd,
+        )
+
     def to_wire(self) -> dict[str, Any]:
         """The JSON shape of `POST /v1/events` and of the spool: money and ids as strings."""
         doc: dict[str, Any] = {
@@ -52,19 +73,23 @@ class EventRecord:
             "status": self.status,
             "usage_source": self.usage_source,
         }
-        for name in (
-            "user",
-            "team",
-            "tags",
-            "cached_tokens",
-            "reasoning_tokens",
-            "latency_ms",
-            "ttft_ms",
-            "generation_id",
-        ):
-            value = getattr(self, name)
-            if value is not None:
-                doc[name] = value
+        # Only the fields that are set (one test each: this runs once per event recorded).
+        if self.user is not None:
+            doc["user"] = self.user
+        if self.team is not None:
+            doc["team"] = self.team
+        if self.tags is not None:
+            doc["tags"] = self.tags
+        if self.cached_tokens is not None:
+            doc["cached_tokens"] = self.cached_tokens
+        if self.reasoning_tokens is not None:
+            doc["reasoning_tokens"] = self.reasoning_tokens
+        if self.latency_ms is not None:
+            doc["latency_ms"] = self.latency_ms
+        if self.ttft_ms is not None:
+            doc["ttft_ms"] = self.ttft_ms
+        if self.generation_id is not None:
+            doc["generation_id"] = self.generation_id
         if self.provider_cost_usd is not None:
             doc["provider_cost_usd"] = format(self.provider_cost_usd, "f")
         return doc
@@ -72,37 +97,59 @@ class EventRecord:
     @classmethod
     def from_wire(cls, doc: dict[str, Any]) -> EventRecord:
         """Read back what `to_wire` wrote (the spool); the API validates with its own schema."""
-        cost = doc.get("provider_cost_usd")
+        get = doc.get
+        cost = get("provider_cost_usd")
         return cls(
-            id=uuid.UUID(doc["id"]),
-            occurred_at=parse_timestamp(doc["occurred_at"]),
-            model=doc["model"],
-            prompt_tokens=int(doc["prompt_tokens"]),
-            completion_tokens=int(doc["completion_tokens"]),
-            user=doc.get("user"),
-            team=doc.get("team"),
-            tags=doc.get("tags"),
-            status=doc.get("status", "ok"),
-            usage_source=doc.get("usage_source", "provider"),
-            cached_tokens=doc.get("cached_tokens"),
-            reasoning_tokens=doc.get("reasoning_tokens"),
-            latency_ms=doc.get("latency_ms"),
-            ttft_ms=doc.get("ttft_ms"),
-            generation_id=doc.get("generation_id"),
-            provider_cost_usd=Decimal(cost) if cost is not None else None,
+            uuid.UUID(doc["id"]),
+            parse_timestamp(doc["occurred_at"]),
+            doc["model"],
+            int(doc["prompt_tokens"]),
+            int(doc["completion_tokens"]),
+            get("user"),
+            get("team"),
+            get("tags"),
+            get("status", "ok"),
+            get("usage_source", "provider"),
+            get("cached_tokens"),
+            get("reasoning_tokens"),
+            get("latency_ms"),
+            get("ttft_ms"),
+            get("generation_id"),
+            None if cost is None else Decimal(cost),
         )
 
 
 def format_timestamp(moment: datetime) -> str:
-    """RFC 3339 in UTC with `Z`, microseconds when there are any."""
-    utc = moment.astimezone(UTC)
-    text = utc.isoformat(timespec="microseconds" if utc.microsecond else "seconds")
-    return text.replace("+00:00", "Z")
+    """RFC 3339 in UTC with `Z`, microseconds when there are any (as `isoformat` writes them;
+    formatted by hand because `isoformat` with an offset takes twice as long)."""
+    u = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
+    if u.microsecond:
+        return "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ" % (  # noqa: UP031 (2x faster than f"")
+            u.year,
+            u.month,
+            u.day,
+            u.hour,
+            u.minute,
+            u.second,
+            u.microsecond,
+        )
+    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % (  # noqa: UP031
+        u.year,
+        u.month,
+        u.day,
+        u.hour,
+        u.minute,
+        u.second,
+    )
 
 
 def parse_timestamp(text: str) -> datetime:
     """RFC 3339 with an offset (or `Z`); a timestamp without one is refused."""
-    moment = datetime.fromisoformat(text.strip().replace("z", "Z").replace("Z", "+00:00"))
+    # Python 3.11's fromisoformat reads `Z` itself, not RFC 3339's lowercase `z`.
+    stripped = text.strip()
+    if "z" in stripped:
+        stripped = stripped.replace("z", "Z")
+    moment = datetime.fromisoformat(stripped)
     if moment.tzinfo is None:
         raise ValueError(f"{text!r} has no timezone offset: add Z or +HH:MM")
-    return moment.astimezone(UTC)
+    return moment if moment.tzinfo is UTC else moment.astimezone(UTC)

@@ -22,7 +22,7 @@ from meter._exceptions import StoreUnavailable
 from meter.db.ledger import InsertResult
 from meter.events import EventRecord
 from meter.recorder import segments
-from meter.recorder.spool import OwnSegment, SpoolWriter
+from meter.recorder.spool import Handoff, OwnSegment, SpoolWriter
 from meter.recorder.stores import BatchRejected, Store
 
 log = logging.getLogger("meter.recorder")
@@ -30,6 +30,7 @@ log = logging.getLogger("meter.recorder")
 BATCH_EVENTS = 10_000  # the PostgreSQL baseline batch: fixed costs per commit amortise
 BATCH_BYTES = 6 << 20  # stays under a meter server's 8 MiB body limit
 PARSE_SLICE = 128  # events parsed between two GIL releases
+HANDOFF_SLICE = 1024  # handed-off events taken between two GIL releases
 IDLE_POLL_S = 0.05
 SCAN_INTERVAL_S = 30.0
 USAGE_RESCAN_S = 5.0
@@ -90,6 +91,61 @@ def parse_batch(lines: Sequence[bytes], source: Path) -> ParsedBatch:
     return ParsedBatch(events, raw, skipped)
 
 
+def parse_own_batch(
+    lines: Sequence[bytes], seg: OwnSegment, offset: int, writer: SpoolWriter, drainer: Drainer
+) -> ParsedBatch:
+    """Like `parse_batch`, for lines this process wrote to its segment `seg` from `offset`: a
+    line that is byte for byte the one handed off for that place takes the event object as it
+    was appended instead of being decoded again; any other line is parsed from the file."""
+    handoffs = writer.handoffs
+    seq = seg.seq
+    pending = drainer.pending_handoff
+    events: list[EventRecord] = []
+    raw: list[bytes] = []
+    unmatched: list[bytes] = []
+    skipped = 0
+    end = offset
+    for i, line in enumerate(lines):
+        if i and i % HANDOFF_SLICE == 0:
+            time.sleep(0)  # let the caller's threads have the GIL
+        end += len(line) + 1
+        # Hand-offs come in file order: skip those before this line (forgotten or not drained).
+        while pending is None or pending[0] < seq or (pending[0] == seq and pending[1] < end):
+            if not handoffs:  # only this thread takes from the left: not empty, not empty after
+                pending = None
+                break
+            pending = handoffs.popleft()
+        if (
+            pending is not None
+            and pending[0] == seq
+            and pending[1] == end
+            and len(pending[2]) == len(line) + 1
+            and pending[2].startswith(line)
+        ):
+            if unmatched:
+                skipped += _parse_into(unmatched, seg.path, events, raw)
+                unmatched = []
+            events.append(pending[3])
+            raw.append(line)
+            pending = None
+        else:
+            unmatched.append(line)
+    if unmatched:
+        skipped += _parse_into(unmatched, seg.path, events, raw)
+    drainer.pending_handoff = pending
+    return ParsedBatch(events, raw, skipped)
+
+
+def _parse_into(
+    lines: Sequence[bytes], source: Path, events: list[EventRecord], raw: list[bytes]
+) -> int:
+    """Parse `lines` onto the ends of `events` and `raw`; returns how many were skipped."""
+    parsed = parse_batch(lines, source)
+    events.extend(parsed.events)
+    raw.extend(parsed.raw)
+    return parsed.skipped
+
+
 def store_batch(
     store: Store, events: list[EventRecord], raw: list[bytes], stats: DrainStats
 ) -> InsertResult:
@@ -130,6 +186,8 @@ class Drainer:
         self._thread: threading.Thread | None = None
         self._fsync_thread: threading.Thread | None = None
         self._abandoned = False
+        # The next hand-off from the writer not yet matched to a line (see `parse_own_batch`).
+        self.pending_handoff: Handoff | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -295,7 +353,7 @@ class Drainer:
             )
             if not batch.lines:
                 return False
-            parsed = parse_batch(batch.lines, seg.path)
+            parsed = parse_own_batch(batch.lines, seg, offset, self.writer, self)
             store_batch(self.store, parsed.events, parsed.raw, self.stats)
             self.stats.skipped_lines += parsed.skipped
             self._advance(seg.seq, batch.end)

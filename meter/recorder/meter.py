@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -40,6 +41,29 @@ log = logging.getLogger("meter.recorder")
 
 CLOSE_FLUSH_S = 10.0
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def _not_serializable(value: object) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _make_line_encoder() -> Callable[[dict[str, Any]], str]:
+    """`_ENCODER.encode`, minus the new C encoder it builds on every call (a third of its time):
+    the same C encoder, built once, with the same options. Pure Python json: `_ENCODER`."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return _ENCODER.encode
+    c_encoder = make(
+        None, _not_serializable, json.encoder.encode_basestring, None, ":", ",", False, False, True
+    )
+
+    def encode(doc: dict[str, Any]) -> str:
+        return "".join(c_encoder(doc, 0))
+
+    return encode
+
+
+_encode_line = _make_line_encoder()
 
 
 @dataclass(frozen=True)
@@ -115,8 +139,8 @@ class Meter:
     def _submit(self, event: EventRecord) -> None:
         """Take one finished call's event: durable in the spool on return. Never raises."""
         try:
-            line = _ENCODER.encode(event.to_wire()).encode() + b"\n"
-            self._writer.append(line)
+            line = _encode_line(event.to_wire()).encode() + b"\n"
+            self._writer.append(line, event)
         except Exception:  # recording must never break the caller's call
             self._writer.stats.failures += 1
             log.exception("meter: could not spool event %s", getattr(event, "id", "?"))
@@ -207,7 +231,9 @@ class Meter:
             provider_cost_usd=provider_cost_usd,
         )
         self._submit(event)
-        return event
+        # The drain may store this very object (handed off in memory): the caller gets a copy,
+        # so that changing it afterwards cannot change what is stored.
+        return event.copy()
 
     def flush(self, timeout: float | None = None) -> bool:
         """True once everything recorded so far (and the dead segments found at start) is

@@ -16,16 +16,32 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meter.recorder import segments
+
+if TYPE_CHECKING:
+    from meter.events import EventRecord
 
 log = logging.getLogger("meter.recorder")
 
 DEFAULT_SEGMENT_BYTES = 64 << 20
 DROP_WARNING_INTERVAL_S = 60.0
+# Events just appended, kept for this process's drain so that it need not parse back what it
+# wrote: at most this many (two drain batches, ~20 MB), the oldest forgotten first (the drain
+# parses those from the file, which stays the source of truth).
+HANDOFF_EVENTS = 20_000
+
+
+# An event this process appended: (segment seq, offset just past its line, the line with its
+# newline, the event it encodes). A plain tuple: one is made per event, on the caller's path. The
+# drain uses the event only when the line it reads from the file at that place is byte for byte
+# this one.
+Handoff = tuple[int, int, bytes, "EventRecord"]
 
 
 @dataclass
@@ -71,10 +87,14 @@ class SpoolWriter:
         self._own_bytes = 0
         # (seq, offset) just past the last line appended: what `flush` waits for.
         self.position: tuple[int, int] = (-1, 0)
+        # Appended under `_lock` in file order; the drain pops from the left without it. Full,
+        # the deque forgets its oldest entry: the caller never waits, memory stays bounded.
+        self.handoffs: deque[Handoff] = deque(maxlen=HANDOFF_EVENTS)
 
     # -- the caller's path --------------------------------------------------------------------
-    def append(self, line: bytes) -> bool:
-        """Write one newline-terminated line; False (counted, never raised) when dropped."""
+    def append(self, line: bytes, event: EventRecord | None = None) -> bool:
+        """Write one newline-terminated line; False (counted, never raised) when dropped.
+        `event` (what the line encodes) is handed to this process's drain, in memory."""
         with self._lock:
             if self._others_bytes + self._own_bytes + len(line) > self.max_bytes:
                 self._drop()
@@ -95,6 +115,8 @@ class SpoolWriter:
             self.stats.bytes_written += len(line)
             self._dirty = True
             self.position = (seg.seq, seg.written)
+            if event is not None:
+                self.handoffs.append((seg.seq, seg.written, line, event))
             if seg.written >= self.segment_bytes:
                 seg.sealed = True
         return True
@@ -185,4 +207,5 @@ class SpoolWriter:
         self._own_bytes = 0
         self._dirty = False
         self.position = (-1, 0)
+        self.handoffs = deque(maxlen=HANDOFF_EVENTS)
         self.stats = SpoolStats()

@@ -122,6 +122,21 @@ def _cost(value: object) -> Decimal | None:
     return d
 
 
+def _ok_count(value: object) -> bool:
+    return type(value) is int and 0 <= value <= MAX_TOKENS_PER_EVENT
+
+
+def _ok_name(value: object) -> bool:
+    # The common case of `_name`, checked in one expression; anything else goes through `_name`
+    # (which accepts it or raises naming the field). `not v.strip()` == `v == "" or v.isspace()`.
+    return (
+        type(value) is str
+        and 0 < len(value) <= MAX_NAME_LENGTH
+        and not value.isspace()
+        and "\x00" not in value
+    )
+
+
 def build_event(
     *,
     model: object,
@@ -141,24 +156,32 @@ def build_event(
     generation_id: object,
     provider_cost_usd: object,
 ) -> EventRecord:
-    prompt = _count(prompt_tokens, "prompt_tokens")
-    completion = _count(completion_tokens, "completion_tokens")
-    assert prompt is not None and completion is not None
+    # Every value passes the same checks as `_count`/`_name`/... ; the common, valid case is
+    # tested inline (this runs once per event recorded), the rest goes through the helpers.
+    prompt = prompt_tokens if _ok_count(prompt_tokens) else _count(prompt_tokens, "prompt_tokens")
+    completion = (
+        completion_tokens
+        if _ok_count(completion_tokens)
+        else _count(completion_tokens, "completion_tokens")
+    )
+    assert isinstance(prompt, int) and isinstance(completion, int)
     return EventRecord(
-        id=_event_id(event_id),
-        occurred_at=_moment(occurred_at),
-        model=_name(model, "model", optional=False) or "",
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        user=_name(user, "user", optional=True),
-        team=_name(team, "team", optional=True),
-        tags=_tags(tags),
-        status=_choice(status, "status", STATUSES),
-        usage_source=_choice(usage_source, "usage_source", USAGE_SOURCES),
-        cached_tokens=_count(cached_tokens, "cached_tokens", optional=True),
-        reasoning_tokens=_count(reasoning_tokens, "reasoning_tokens", optional=True),
-        latency_ms=_count(latency_ms, "latency_ms", optional=True),
-        ttft_ms=_count(ttft_ms, "ttft_ms", optional=True),
-        generation_id=_name(generation_id, "generation_id", optional=True),
-        provider_cost_usd=_cost(provider_cost_usd),
+        uuid7() if event_id is None else _event_id(event_id),
+        datetime.now(UTC) if occurred_at is None else _moment(occurred_at),
+        model if _ok_name(model) else (_name(model, "model", optional=False) or ""),  # type: ignore[arg-type]
+        prompt,
+        completion,
+        user if user is None or _ok_name(user) else _name(user, "user", optional=True),  # type: ignore[arg-type]
+        team if team is None or _ok_name(team) else _name(team, "team", optional=True),  # type: ignore[arg-type]
+        None if tags is None else _tags(tags),
+        status if status == "ok" and type(status) is str else _choice(status, "status", STATUSES),
+        usage_source
+        if usage_source == "provider" and type(usage_source) is str
+        else _choice(usage_source, "usage_source", USAGE_SOURCES),
+        None if cached_tokens is None else _count(cached_tokens, "cached_tokens"),
+        None if reasoning_tokens is None else _count(reasoning_tokens, "reasoning_tokens"),
+        None if latency_ms is None else _count(latency_ms, "latency_ms"),
+        None if ttft_ms is None else _count(ttft_ms, "ttft_ms"),
+        None if generation_id is None else _name(generation_id, "generation_id", optional=True),
+        None if provider_cost_usd is None else _cost(provider_cost_usd),
     )
