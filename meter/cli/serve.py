@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 
 import typer
@@ -48,6 +49,9 @@ def serve(
         f"meter serving {db.engine.url.render_as_string()} on http://{host}:{port} "
         f"(roll-up {'off' if no_scheduler else f'every {cfg.rollup_interval_seconds:g} s'})"
     )
-    uvicorn.run(
-        create_app(cfg, db, scheduler=not no_scheduler), host=host, port=port, log_level="info"
-    )
+    api = create_app(cfg, db, scheduler=not no_scheduler)
+    # Everything loaded so far (modules, schemas, the app) lives as long as the process: keep it
+    # out of the garbage collector's full passes. A batch of 1,000 events allocates enough to
+    # trigger them, and each one walked these ~180,000 objects (~100 ms, measured in process).
+    gc.freeze()
+    uvicorn.run(api, host=host, port=port, log_level="info")
