@@ -206,8 +206,11 @@ def insert_events(
             continue
         seen.add(event.id)
         rows.append(_row(event, book, weeks, seconds, received))
-    inserted = _insert_sqlite(conn, rows) if sqlite else _insert_postgres(conn, rows)
-    mark_dirty(conn, {(r[2], r[5], r[4], r[3]) for r in rows})
+    if sqlite:
+        inserted = _insert_sqlite(conn, rows)
+        mark_dirty(conn, {(r[2], r[5], r[4], r[3]) for r in rows})
+    else:
+        inserted = _insert_postgres(conn, rows)  # marks its groups itself, server side
     return InsertResult(inserted, len(events) - inserted)
 
 
@@ -238,37 +241,59 @@ def _insert_postgres(conn: Connection, rows: list[tuple[Any, ...]]) -> int:
             "ORDER BY id ON CONFLICT (id) DO NOTHING"
         )
         inserted = cur.rowcount
+        # The batch's groups, straight from the temporary table: nothing to send back (turning
+        # ~3,000 groups into arrays was a tenth of a batch on the client).
+        cur.execute(
+            f"INSERT INTO rollup_dirty (week_start, team, \"user\", model, n) "
+            f"SELECT week_start, team, \"user\", model, 1 FROM events_incoming "
+            f"GROUP BY week_start, team, \"user\", model ORDER BY {_MARK_ORDER} {_PG_MARK}"
+        )
         # No TRUNCATE: ON COMMIT DELETE ROWS empties the table at commit, and a TRUNCATE inside
         # the transaction costs a new relation file per batch (measured: a fifth of the time).
         # A second call in the same transaction merely re-offers rows that now conflict.
     return max(int(inserted), 0)
 
 
+# Lock order of marks on PostgreSQL: the roll-up locks a week's marks in this order too
+# (meter.rollup.repository.lock_marks). "C" is byte order, which for UTF-8 is code-point order:
+# the order of Python's `sorted` over the same keys.
+_MARK_ORDER = 'week_start, team COLLATE "C", "user" COLLATE "C", model COLLATE "C"'
+# An existing mark is locked, not rewritten: `DO UPDATE ... WHERE false` takes the row lock of
+# a conflicting row (PostgreSQL's INSERT reference: rows not updated because of the WHERE are
+# still locked) and holds it to commit, which is all the roll-up's argument needs (see
+# meter/rollup/engine.py); writing a new row version per mark per batch cost twice as much.
+_PG_MARK = (
+    'ON CONFLICT (week_start, team, "user", model) DO UPDATE SET n = rollup_dirty.n WHERE false'
+)
+
+
 def mark_dirty(conn: Connection, groups: Iterable[tuple[Any, str, str, str]]) -> None:
-    """Queue groups for the roll-up. Sorted, so that concurrent writers lock rows in one order."""
+    """Queue groups for the roll-up. Sorted, so that concurrent writers lock rows in one order.
+
+    SQLite has no row locks to take (the roll-up's BEGIN IMMEDIATE excludes every writer), so
+    an existing mark is simply left as it is.
+    """
     sqlite = conn.dialect.name == "sqlite"
     ordered = sorted({(_as_date(w), t, u, m) for (w, t, u, m) in groups})
     if not ordered:
         return
-    upsert = 'ON CONFLICT (week_start, team, "user", model) DO UPDATE SET n = rollup_dirty.n + 1'
     if sqlite:
         # The driver's executemany with tuples: SQLAlchemy's per-row parameter processing cost
-        # as much as the upserts themselves (bench/recording.py, bench/ingest.py profiles).
+        # as much as the inserts themselves (bench/recording.py, bench/ingest.py profiles).
         conn.exec_driver_sql(
-            f'INSERT INTO rollup_dirty (week_start, team, "user", model, n) VALUES (?, ?, ?, ?, 1) '
-            f"{upsert}",
+            'INSERT OR IGNORE INTO rollup_dirty (week_start, team, "user", model, n) '
+            "VALUES (?, ?, ?, ?, 1)",
             [(w.isoformat(), t, u, m) for (w, t, u, m) in ordered],
         )
         return
-    # One statement over arrays rather than one upsert per group (a batch of 1,000 events
-    # touches ~850 groups: that executemany took half of an ingest request). WITH ORDINALITY
-    # and ORDER BY keep the sorted lock order.
+    # One statement over arrays rather than one upsert per group; WITH ORDINALITY and ORDER BY
+    # keep the sorted lock order.
     conn.execute(
         sa.text(
             'INSERT INTO rollup_dirty (week_start, team, "user", model, n) '
             "SELECT k.w, k.t, k.u, k.m, 1 FROM unnest(CAST(:w AS date[]), CAST(:t AS text[]), "
             "CAST(:u AS text[]), CAST(:m AS text[])) WITH ORDINALITY AS k(w, t, u, m, i) "
-            f"ORDER BY k.i {upsert}"
+            f"ORDER BY k.i {_PG_MARK}"
         ),
         {
             "w": [g[0] for g in ordered],

@@ -138,10 +138,11 @@ class Event(Base):
 class RollupDirty(Base):
     """A (week, team, user, model) group whose totals must be recomputed.
 
-    Written in the same transaction as the events that touch it (an upsert bumping `n`, so the
-    writer holds the row's lock until it commits), so a group can never be forgotten by a
-    roll-up, whatever order concurrent transactions commit in: the roll-up locks the marks it
-    takes, recomputes their groups, and deletes exactly those marks (see meter/rollup/engine.py).
+    Written in the same transaction as the events that touch it (an upsert that locks an
+    existing mark, so the writer holds the row's lock until it commits), so a group can never
+    be forgotten by a roll-up, whatever order concurrent transactions commit in: the roll-up
+    locks the marks it takes, deletes exactly those and recomputes their groups (see
+    meter/rollup/engine.py). `n` is always 1.
     """
 
     __tablename__ = "rollup_dirty"
