@@ -138,6 +138,50 @@ def test_a_week_larger_than_a_chunk_is_split_and_still_exact(
     assert rolled_up(db) == expected_totals(db)
 
 
+def test_sparse_dirty_weeks_share_a_chunk_and_stay_exact(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+):
+    """Late events scattered over many weeks: weeks are gathered into chunks of up to
+    CHUNK_GROUPS marks (a clean week between them is recounted, unchanged)."""
+    monkeypatch.setattr(engine, "CHUNK_GROUPS", 4)
+    weeks = [W48 - timedelta(weeks=k) for k in range(10)]
+    store(
+        db,
+        [event(occurred_at=_noon(w), user="u1", prompt_tokens=10 + k) for k, w in enumerate(weeks)],
+    )
+    first = run_rollup(db)
+    assert (first.events_rolled_up, first.groups, first.chunks) == (10, 10, 3)
+    assert first.week_labels == [f"2026-W{39 + k}" for k in range(10)]
+    assert rolled_up(db) == expected_totals(db)
+
+    # Two groups in the oldest week, one in a week three later: one chunk over four weeks,
+    # the two clean weeks between them left as they were.
+    store(
+        db,
+        [
+            event(occurred_at=_noon(weeks[9]), user="u1", prompt_tokens=100),
+            event(occurred_at=_noon(weeks[9]), user="u2", prompt_tokens=5),
+            event(occurred_at=_noon(weeks[6]), user="u1", prompt_tokens=7),
+        ],
+    )
+    late = run_rollup(db)
+    assert (late.events_rolled_up, late.groups, late.chunks) == (3, 3, 1)
+    assert late.week_labels == ["2026-W39", "2026-W42"]
+    rows = rolled_up(db)
+    assert rows[(weeks[9], "", "u1", SEED_MODEL)][:2] == (2, 119)
+    assert rows[(weeks[9], "", "u2", SEED_MODEL)][:2] == (1, 5)
+    assert rows[(weeks[6], "", "u1", SEED_MODEL)][:2] == (2, 23)
+    assert rows[(weeks[8], "", "u1", SEED_MODEL)][:2] == (1, 18)
+    assert len(rows) == 11
+    assert rows == expected_totals(db)
+
+
+def _noon(week_start: date) -> datetime:
+    return datetime.combine(week_start + timedelta(days=2), datetime.min.time(), UTC).replace(
+        hour=12
+    )
+
+
 def test_a_few_dirty_groups_in_a_big_week_are_recomputed_one_by_one(db: Database):
     """After a full roll-up, two new events in a week of 40 groups touch only their groups."""
     store(db, [event(user=f"user{i:02d}", prompt_tokens=i) for i in range(40)])

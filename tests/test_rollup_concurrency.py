@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from meter.api.app import create_app
 from meter.db import models
 from meter.db.engine import make_engine
+from meter.db.ledger import insert_events, load_price_book
 from meter.db.session import Database
 from meter.rollup import RollupBusy, lease, run_rollup
 from meter.rollup.engine import rollup_chunk
@@ -87,6 +88,29 @@ def test_a_run_whose_lease_was_taken_over_writes_nothing(db: Database):
         rollup_chunk(db, "slow-run", Chunk(date(2026, 11, 23)), datetime.now(UTC))
     assert rolled_up(db) == week == {}
     assert dirty_count(db) == 1
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_writer_holds_its_groups_marks_until_it_commits(db: Database):
+    """The writer's `ON CONFLICT DO UPDATE ... WHERE false` writes nothing to an existing mark,
+    but must still lock it: the roll-up's FOR UPDATE may not pass an uncommitted writer."""
+    store(db, [event(user="alice")])  # the mark exists and is committed
+    lock_it = sa.text(
+        'SELECT team, "user", model FROM rollup_dirty WHERE "user" = \'alice\' FOR UPDATE NOWAIT'
+    )
+    writer = db.engine.connect()
+    try:
+        tx = writer.begin()
+        insert_events(writer, [event(user="alice")], load_price_book(writer), db.tz)
+        with db.engine.connect() as rollup, pytest.raises(sa.exc.OperationalError) as held:
+            rollup.execute(lock_it)
+        assert getattr(held.value.orig, "sqlstate", None) == "55P03"  # lock_not_available
+        tx.commit()
+    finally:
+        writer.close()
+    with db.engine.begin() as rollup:
+        assert rollup.execute(lock_it).all() == [("", "alice", event().model)]
+    assert run_rollup(db).events_rolled_up == 2
 
 
 def test_post_rollup_answers_409_when_a_run_outlasts_the_wait(

@@ -3,33 +3,37 @@
 Why it counts every committed event exactly once, whatever order writers commit in:
 
 1. A writer inserts its events and, in the same transaction, upserts the mark of every group
-   it touched with `INSERT ... ON CONFLICT DO UPDATE SET n = n + 1`. The DO UPDATE matters: it
-   row-locks an existing mark until the writer commits (DO NOTHING would not), and a new mark is
-   a row that only becomes visible when the writer commits.
+   it touched with `INSERT ... ON CONFLICT DO UPDATE ... WHERE false`. The DO UPDATE matters:
+   even when its WHERE leaves the row as it is, it row-locks an existing mark until the writer
+   commits (DO NOTHING would not), and a new mark is a row that only becomes visible when the
+   writer commits.
 2. A chunk locks its marks (`SELECT ... FOR UPDATE` on PostgreSQL; SQLite's BEGIN IMMEDIATE
    excludes every writer anyway). A writer still holding one of them makes us wait until it
    commits. Under READ COMMITTED the next statement takes a fresh snapshot, which therefore
    contains the events of every writer that held those marks.
-3. The chunk recomputes each locked group from the raw events (a full recount, not an
-   increment: idempotent, and a repriced event just changes the group's cost), then deletes
-   exactly the marks it locked, and commits.
-4. A writer whose events are not in our snapshot either (a) bumped a mark we did not lock (a new
-   row, invisible to us, or outside this chunk): that mark survives for the next run; or (b)
-   reaches its upsert while we hold the mark: it waits, and once we commit the DELETE it finds
-   no conflicting row and inserts a fresh mark. In both cases its group is recomputed later.
-   So a mark exists for every group whose committed events are not yet in weekly_usage.
+3. The chunk deletes exactly the marks it locked (on PostgreSQL in the statement that locks
+   them), recomputes each of their groups from the raw events (a full recount, not an
+   increment: idempotent, and a repriced event just changes the group's cost), and commits;
+   if it fails, the deletion is rolled back with the rest.
+4. A writer whose events are not in our snapshot either (a) marked a group we did not lock (a
+   new row, invisible to us, or outside this chunk): that mark survives for the next run; or
+   (b) reaches its upsert while we hold the mark, or after we deleted it: it waits for our
+   commit, then finds no conflicting row and inserts a fresh mark. In both cases its group is
+   recomputed later. So a mark exists for every group whose committed events are not yet in
+   weekly_usage.
 
-Why it cannot deadlock: writers take mark locks in sorted order (meter.db.ledger.mark_dirty)
+Why it cannot deadlock: writers take mark locks in sorted order (meter.db.ledger)
 and so does a chunk (`ORDER BY ... COLLATE "C"`, the same code-point order); a chunk takes no
 lock a writer could hold besides the marks (events are only read; weekly_usage and the lease
 row are written by the lease holder alone). Ordered acquisition of one kind of lock cannot form
 a cycle. A deadlock or serialization failure would still only abort the chunk, which is retried.
 
-Cost: one chunk per dirty week (split into key ranges past CHUNK_GROUPS marks). A chunk whose
-marks cover most of the week's rows recomputes its key range with one GROUP BY; a few dirty
-groups in a big week are recomputed group by group, so an incremental run costs what its new
-events touch, not the history. Each chunk is its own short transaction: SQLite's single write
-lock is never held for a whole roll-up.
+Cost: consecutive dirty weeks share a chunk up to CHUNK_GROUPS marks (a week with more is
+split into key ranges). A chunk whose marks cover most of its rows recomputes its range with one
+GROUP BY; a few dirty groups in big weeks are recomputed group by group, so an incremental run
+costs what its new events touch, not the history, and late events scattered over a year cost a
+few chunks, not one per week. Each chunk is its own short transaction: SQLite's single write
+lock is never held for a whole roll-up (a chunk of 20,000 groups: ~0.5 s here).
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ from meter.weeks import Week
 
 log = logging.getLogger("meter.rollup")
 
-CHUNK_GROUPS = 5_000
+CHUNK_GROUPS = 20_000
 # Recompute a key range whole when its dirty groups are at least this share of its rows.
 WHOLE_RANGE_SHARE = 0.5
 CHUNK_ATTEMPTS = 3
@@ -85,21 +89,39 @@ class _Totals:
 
 
 def plan(db: Database) -> list[Chunk]:
-    """Chunks covering every mark present now, oldest week first."""
+    """Chunks covering every mark present now, oldest week first: consecutive dirty weeks
+    together up to CHUNK_GROUPS marks, a bigger week alone and split into key ranges."""
     with db.engine.connect() as conn:
         conn = conn.execution_options(readonly=True)
         with conn.begin():
             chunks: list[Chunk] = []
+            run: list[date] = []  # weeks gathered for the next chunk
+            marks = 0
+
+            def close_run() -> None:
+                nonlocal run, marks
+                if run:
+                    chunks.append(Chunk(run[0], last_week=run[-1], weeks=tuple(run)))
+                run, marks = [], 0
+
             for week_start, count in repo.dirty_weeks(conn):
-                if count <= CHUNK_GROUPS:
-                    chunks.append(Chunk(week_start))
+                if count > CHUNK_GROUPS:
+                    close_run()
+                    bounds: list[repo.Key | None] = [
+                        None,
+                        *repo.week_boundaries(conn, week_start, CHUNK_GROUPS),
+                        None,
+                    ]
+                    chunks.extend(
+                        Chunk(week_start, lo, hi, weeks=(week_start,))
+                        for lo, hi in itertools.pairwise(bounds)
+                    )
                     continue
-                bounds: list[repo.Key | None] = [
-                    None,
-                    *repo.week_boundaries(conn, week_start, CHUNK_GROUPS),
-                    None,
-                ]
-                chunks.extend(Chunk(week_start, lo, hi) for lo, hi in itertools.pairwise(bounds))
+                if marks + count > CHUNK_GROUPS:
+                    close_run()
+                run.append(week_start)
+                marks += count
+            close_run()
     return chunks
 
 
@@ -110,22 +132,22 @@ def rollup_chunk(db: Database, holder: str, chunk: Chunk, now: datetime) -> tupl
             with db.engine.begin() as conn:
                 repo.prepare_transaction(conn)
                 lease.renew(conn, holder)
-                keys = repo.lock_marks(conn, chunk)
-                if not keys:
-                    return 0, 0
                 existing = repo.existing_rows(conn, chunk)
-                whole = len(keys) >= WHOLE_RANGE_SHARE * existing
+                taken = repo.take_marks(conn, chunk, keep_keys=existing > 0)
+                if not taken:
+                    return 0, 0
+                whole = taken >= WHOLE_RANGE_SHARE * existing
                 before = 0
                 if existing:  # else nothing is rolled up in this range yet: nothing to drop
-                    before = repo.requests_in_scope(conn, chunk, keys, whole)
-                    repo.delete_emptied(conn, chunk, keys)
+                    before = repo.requests_in_scope(conn, chunk, whole)
+                    repo.delete_emptied(conn, chunk)
                 if whole:
-                    repo.recompute_range(conn, chunk, now)
+                    repo.recompute_range(conn, chunk, now, empty=not existing)
                 else:
-                    repo.recompute_groups(conn, chunk, keys, now)
-                after = repo.requests_in_scope(conn, chunk, keys, whole)
-                repo.consume_marks(conn, chunk, keys)
-                return after - before, len(keys)
+                    repo.recompute_groups(conn, chunk, now)
+                after = repo.requests_in_scope(conn, chunk, whole)
+                repo.consume_marks(conn, chunk)
+                return after - before, taken
         except sa.exc.DBAPIError as exc:
             sqlstate = getattr(exc.orig, "sqlstate", None)
             if sqlstate not in _RETRYABLE_SQLSTATES or attempt == CHUNK_ATTEMPTS:
@@ -163,7 +185,7 @@ def run_rollup(
             totals.events += events
             totals.groups += groups
             if groups:
-                totals.weeks.add(chunk.week_start)
+                totals.weeks.update(chunk.weeks)
             if progress:
                 progress(i, len(chunks), totals.events)
         weeks = [Week(w) for w in sorted(totals.weeks)]
