@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -53,6 +54,29 @@ def test_duplicate_ids_are_counted_not_stored_twice(db: Database):
     with db.engine.connect() as conn:
         rows = conn.execute(sa.select(models.Event.prompt_tokens)).scalars().all()
     assert sorted(rows) == [1, 1]
+
+
+def test_a_batch_split_over_many_statements_counts_every_duplicate(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+):
+    """SQLite inserts as many rows per statement as its parameter limit allows: with a limit of
+    7 rows, 2,000 events take 286 statements and still count exactly."""
+    from meter.db import ledger
+
+    monkeypatch.setattr(ledger, "_sqlite_limit", [7 * len(ledger.EVENT_COLUMNS)])
+    stored = [event(user=f"u{i % 37}", prompt_tokens=i) for i in range(300)]
+    assert store(db, stored) == (300, 0)
+    fresh = [event(user=f"u{i % 41}", prompt_tokens=1_000 + i) for i in range(1_500)]
+    batch = [*fresh, *stored[::2], *fresh[:50]]  # 150 stored before, 50 repeated in the batch
+    assert store(db, batch) == (1_500, 200)
+    with db.engine.connect() as conn:
+        count, tokens = conn.execute(
+            sa.select(sa.func.count(), sa.func.sum(models.Event.prompt_tokens))
+        ).one()
+        marks = conn.execute(sa.select(sa.func.count()).select_from(models.RollupDirty)).scalar()
+    assert count == 1_800
+    assert tokens == sum(range(300)) + sum(range(1_000, 2_500))
+    assert marks == 41  # users u0..u40, one week, one model, no team
 
 
 def test_a_price_added_later_does_not_change_earlier_events(db: Database):

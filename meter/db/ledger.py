@@ -215,11 +215,50 @@ def insert_events(
 
 
 def _insert_sqlite(conn: Connection, rows: list[tuple[Any, ...]]) -> int:
-    placeholders = ", ".join("?" * len(EVENT_COLUMNS))
-    cursor = conn.exec_driver_sql(
-        f"INSERT OR IGNORE INTO events ({_QUOTED}) VALUES ({placeholders})", rows
-    )
-    return max(cursor.rowcount, 0)
+    return _sqlite_insert_many(conn, "INSERT OR IGNORE INTO events", _QUOTED, rows)
+
+
+def _sqlite_insert_many(
+    conn: Connection, verb: str, columns: str, rows: Sequence[tuple[Any, ...]]
+) -> int:
+    """`verb (columns) VALUES (...), (...), ...` over as many rows per statement as SQLite's
+    parameter limit allows -> rows inserted.
+
+    One statement per ~1,500 rows rather than executemany's one step per row: the sqlite3
+    module releases the GIL at every step, and a recorder's drain thread stepping row by row
+    handed the GIL back and forth with its own process's caller thousands of times per batch
+    (bench/recording.py end to end).
+    """
+    if not rows:
+        return 0
+    width = len(rows[0])
+    per = max(1, min(_SQLITE_MAX_ROWS, _sqlite_max_params(conn) // width))
+    inserted = 0
+    for i in range(0, len(rows), per):
+        part = rows[i : i + per]
+        values = ", ".join(["(" + ", ".join("?" * width) + ")"] * len(part))
+        cursor = conn.exec_driver_sql(
+            f"{verb} ({columns}) VALUES {values}", tuple(v for row in part for v in row)
+        )
+        inserted += max(cursor.rowcount, 0)
+    return inserted
+
+
+_SQLITE_MAX_ROWS = 2_000
+_sqlite_limit: list[int] = []
+
+
+def _sqlite_max_params(conn: Connection) -> int:
+    """SQLite's SQLITE_LIMIT_VARIABLE_NUMBER (32,766 since 3.32; 999 before)."""
+    if not _sqlite_limit:
+        import sqlite3
+
+        raw = conn.connection.driver_connection
+        limit = 999
+        if isinstance(raw, sqlite3.Connection):
+            limit = raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        _sqlite_limit.append(limit)
+    return _sqlite_limit[0]
 
 
 def _insert_postgres(conn: Connection, rows: list[tuple[Any, ...]]) -> int:
@@ -278,12 +317,11 @@ def mark_dirty(conn: Connection, groups: Iterable[tuple[Any, str, str, str]]) ->
     if not ordered:
         return
     if sqlite:
-        # The driver's executemany with tuples: SQLAlchemy's per-row parameter processing cost
-        # as much as the inserts themselves (bench/recording.py, bench/ingest.py profiles).
-        conn.exec_driver_sql(
-            'INSERT OR IGNORE INTO rollup_dirty (week_start, team, "user", model, n) '
-            "VALUES (?, ?, ?, ?, 1)",
-            [(w.isoformat(), t, u, m) for (w, t, u, m) in ordered],
+        _sqlite_insert_many(
+            conn,
+            "INSERT OR IGNORE INTO rollup_dirty",
+            'week_start, team, "user", model, n',
+            [(w.isoformat(), t, u, m, 1) for (w, t, u, m) in ordered],
         )
         return
     # One statement over arrays rather than one upsert per group; WITH ORDINALITY and ORDER BY
