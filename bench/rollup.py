@@ -2,7 +2,7 @@
 
 - Full: `run_rollup` over every dirty group vs one bare
   `INSERT INTO <copy of weekly_usage> SELECT ... GROUP BY week_start, team, user, model` over
-  the same events with the same aggregates (PostgreSQL: same `SET LOCAL work_mem`). The
+  the same events with the same aggregates (PostgreSQL: the same `SET LOCAL work_mem`). The
   baseline runs before and after ours; the faster one counts. Target: ours <= 1.5x.
 - Incremental: 10,000 new events (this week, stored through the ledger, so they mark their
   groups) on top of the largest dataset, then `run_rollup`. Target: <= 5% of the full run.
@@ -28,6 +28,7 @@ from meter.db.ledger import insert_events, load_price_book
 from meter.db.models import UTCDateTime
 from meter.db.session import Database
 from meter.rollup.engine import run_rollup
+from meter.rollup.repository import WORK_MEM
 from meter.weeks import week_of
 
 COMMAND = ".venv/bin/python -m bench.rollup"
@@ -76,7 +77,7 @@ def bare_group_by(db: Database) -> tuple[float, int]:
     t0 = time.perf_counter()
     with db.engine.begin() as conn:
         if conn.dialect.name == "postgresql":
-            conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
+            conn.exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")  # as meter's
         stmt = sa.text(_BARE).bindparams(sa.bindparam("now", type_=UTCDateTime()))
         rows = conn.execute(stmt, {"now": datetime.now(UTC)}).rowcount
     elapsed = time.perf_counter() - t0

@@ -105,10 +105,16 @@ def week_boundaries(conn: Connection, week_start: date, every: int) -> list[Key]
 # --- one chunk, in its own write transaction ------------------------------------------------
 
 
+# PostgreSQL's work_mem inside a chunk. The default 4 MB makes a week's GROUP BY spill to disk
+# (3x slower); at 64 MB the planner, estimating groups as the product of each column's distinct
+# values (360,000 for 6 weeks of 5M events; 18,000 in fact), chose an external sort of 583,000
+# rows over a hash table (3.0 s vs 1.3 s). The hash table really needs ~30 MB.
+WORK_MEM = "256MB"
+
+
 def prepare_transaction(conn: Connection) -> None:
     if _is_pg(conn):
-        # The default 4 MB makes a week's GROUP BY spill to disk (3x slower).
-        conn.exec_driver_sql("SET LOCAL work_mem = '64MB'")
+        conn.exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
 
 
 _CHUNK_KEYS = "rollup_chunk_keys"  # PostgreSQL: the keys a chunk took, until it commits
