@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from meter.db.session import Database
-from meter.events import EventRecord
+from meter.events import EventRecord, format_timestamp
 from meter.pricing import Price
 from meter.recorder import lifecycle
 from meter.recorder.drain import Drainer
@@ -64,6 +64,42 @@ def _make_line_encoder() -> Callable[[dict[str, Any]], str]:
 
 
 _encode_line = _make_line_encoder()
+_string = json.encoder.encode_basestring  # what the encoder above uses for every str
+
+
+def spool_line(event: EventRecord) -> bytes:
+    """`_encode_line(event.to_wire())` and a newline, as bytes: the same bytes, formatted
+    directly (the recording caller's hot path: about half the time of building the dict and
+    encoding it). Counts that are not plain ints take the general path."""
+    e = event
+    if type(e.prompt_tokens) is not int or type(e.completion_tokens) is not int:
+        return (_encode_line(e.to_wire()) + "\n").encode()
+    out = (
+        f'{{"id":"{e.id}","occurred_at":"{format_timestamp(e.occurred_at)}",'
+        f'"model":{_string(e.model)},"prompt_tokens":{e.prompt_tokens},'
+        f'"completion_tokens":{e.completion_tokens},"status":{_string(e.status)},'
+        f'"usage_source":{_string(e.usage_source)}'
+    )
+    if e.user is not None:
+        out += ',"user":' + _string(e.user)
+    if e.team is not None:
+        out += ',"team":' + _string(e.team)
+    if e.tags is not None:
+        out += ',"tags":' + _encode_line(e.tags)
+    for name in _OPTIONAL_COUNTS:
+        value = getattr(e, name)
+        if value is not None:
+            if type(value) is not int:
+                return (_encode_line(e.to_wire()) + "\n").encode()
+            out += f',"{name}":{value}'
+    if e.generation_id is not None:
+        out += ',"generation_id":' + _string(e.generation_id)
+    if e.provider_cost_usd is not None:
+        out += ',"provider_cost_usd":' + _string(format(e.provider_cost_usd, "f"))
+    return (out + "}\n").encode()
+
+
+_OPTIONAL_COUNTS = ("cached_tokens", "reasoning_tokens", "latency_ms", "ttft_ms")
 
 
 @dataclass(frozen=True)
@@ -139,7 +175,7 @@ class Meter:
     def _submit(self, event: EventRecord) -> None:
         """Take one finished call's event: durable in the spool on return. Never raises."""
         try:
-            line = _encode_line(event.to_wire()).encode() + b"\n"
+            line = spool_line(event)
             self._writer.append(line, event)
         except Exception:  # recording must never break the caller's call
             self._writer.stats.failures += 1
