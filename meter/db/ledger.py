@@ -7,6 +7,7 @@ marked dirty, so the roll-up finds it whatever order concurrent transactions com
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -208,7 +209,14 @@ def insert_events(
         rows.append(_row(event, book, weeks, seconds, received))
     if sqlite:
         inserted = _insert_sqlite(conn, rows)
-        mark_dirty(conn, {(r[2], r[5], r[4], r[3]) for r in rows})
+        # (week_start, model, user, team) is a slice of each row, in the stored form already;
+        # SQLite takes no row locks, so their order does not matter.
+        _sqlite_insert_many(
+            conn,
+            "INSERT OR IGNORE INTO rollup_dirty",
+            'week_start, model, "user", team, n',
+            [(*g, 1) for g in {r[2:6] for r in rows}],
+        )
     else:
         inserted = _insert_postgres(conn, rows)  # marks its groups itself, server side
     return InsertResult(inserted, len(events) - inserted)
@@ -238,7 +246,7 @@ def _sqlite_insert_many(
         part = rows[i : i + per]
         values = ", ".join(["(" + ", ".join("?" * width) + ")"] * len(part))
         cursor = conn.exec_driver_sql(
-            f"{verb} ({columns}) VALUES {values}", tuple(v for row in part for v in row)
+            f"{verb} ({columns}) VALUES {values}", tuple(itertools.chain.from_iterable(part))
         )
         inserted += max(cursor.rowcount, 0)
     return inserted
