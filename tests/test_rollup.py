@@ -176,30 +176,6 @@ def test_sparse_dirty_weeks_share_a_chunk_and_stay_exact(
     assert rows == expected_totals(db)
 
 
-@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
-def test_a_large_run_refreshes_the_planners_statistics(
-    db: Database, monkeypatch: pytest.MonkeyPatch
-):
-    """PostgreSQL: a run that recomputed many groups ANALYZEs weekly_usage (a table never
-    analyzed has reltuples -1: the planner guesses); a small run leaves it to autovacuum."""
-
-    def reltuples() -> float:
-        with db.engine.connect() as conn:
-            return float(
-                conn.execute(
-                    sa.text("SELECT reltuples FROM pg_class WHERE relname = 'weekly_usage'")
-                ).scalar_one()
-            )
-
-    monkeypatch.setattr(engine, "ANALYZE_AFTER_GROUPS", 5)
-    store(db, [event(user=f"u{i}") for i in range(4)])
-    run_rollup(db)
-    assert reltuples() == -1  # 4 groups: below the threshold
-    store(db, [event(user=f"v{i}") for i in range(6)])
-    run_rollup(db)
-    assert reltuples() == 10
-
-
 def _noon(week_start: date) -> datetime:
     return datetime.combine(week_start + timedelta(days=2), datetime.min.time(), UTC).replace(
         hour=12

@@ -60,8 +60,6 @@ CHUNK_GROUPS = 20_000
 # Recompute a key range whole when its dirty groups are at least this share of its rows.
 WHOLE_RANGE_SHARE = 0.5
 CHUNK_ATTEMPTS = 3
-# A run that recomputed at least this many groups refreshes the planner's statistics.
-ANALYZE_AFTER_GROUPS = 10_000
 _RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})  # deadlock, serialization failure
 
 Progress = Callable[[int, int, int], None]  # (chunks done, chunks planned, events so far)
@@ -191,8 +189,6 @@ def run_rollup(
             if progress:
                 progress(i, len(chunks), totals.events)
         weeks = [Week(w) for w in sorted(totals.weeks)]
-        if totals.groups >= ANALYZE_AFTER_GROUPS:
-            _refresh_statistics(db)
         alerts = 0 if stopped else _evaluate_budgets(db, weeks)
     except BaseException:
         lease.release(db, holder, None)
@@ -219,15 +215,6 @@ def run_rollup(
         chunks=len(chunks),
         stopped=stopped,
     )
-
-
-def _refresh_statistics(db: Database) -> None:
-    """Planner statistics for the rows just written; a failure only costs a slower read."""
-    try:
-        with db.engine.begin() as conn:
-            repo.refresh_statistics(conn)
-    except sa.exc.DBAPIError as exc:
-        log.info("roll-up: weekly_usage statistics not refreshed (%s)", exc.orig)
 
 
 def _evaluate_budgets(db: Database, weeks: list[Week]) -> int:

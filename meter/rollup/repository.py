@@ -293,17 +293,5 @@ def consume_marks(conn: Connection, chunk: Chunk) -> None:
     conn.execute(_text(f"DELETE FROM rollup_dirty AS d WHERE {where}"), params)
 
 
-def refresh_statistics(conn: Connection) -> None:
-    """PostgreSQL: ANALYZE weekly_usage after a run that wrote many rows. Until autovacuum
-    gets to a freshly rolled-up table (up to a minute or more), the planner has no statistics
-    for it, and a team's 52-week summary took 38-71 ms instead of 21-29 ms (5M events,
-    `EXPLAIN ANALYZE`). Never waits long: another ANALYZE or a VACUUM holding the table makes
-    this one give up after a second."""
-    if not _is_pg(conn):
-        return
-    conn.exec_driver_sql("SET LOCAL lock_timeout = '1s'")
-    conn.exec_driver_sql("ANALYZE weekly_usage")
-
-
 def utc_now() -> datetime:
     return datetime.now(UTC)
