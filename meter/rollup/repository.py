@@ -251,6 +251,13 @@ _UPSERT = (
 )
 
 
+# Rows are written in key order, so that a team's rows of a week sit together on disk: a
+# hashed GROUP BY hands them over in hash order, and a team's 52-week summary then read ~10,000
+# scattered pages for its 15,600 rows instead of a few hundred (PostgreSQL, 5M events: p99
+# 44 ms -> 63-90 ms until this ORDER BY).
+_IN_KEY_ORDER = 'ORDER BY e.week_start, e.team, e."user", e.model'
+
+
 def recompute_range(conn: Connection, chunk: Chunk, now: datetime, *, empty: bool) -> None:
     """Recompute every group of the chunk's key range with one GROUP BY over that part of the
     week: the cheap plan when most of the range is dirty (a first roll-up, the current week).
@@ -262,7 +269,8 @@ def recompute_range(conn: Connection, chunk: Chunk, now: datetime, *, empty: boo
             f"INSERT INTO weekly_usage ({_COLUMNS}) "
             f'SELECT e.week_start, e.team, e."user", e.model, {_AGGREGATES} '
             f"FROM events e WHERE {where} "
-            f'GROUP BY e.week_start, e.team, e."user", e.model {"" if empty else _UPSERT}'
+            f'GROUP BY e.week_start, e.team, e."user", e.model {_IN_KEY_ORDER} '
+            f'{"" if empty else _UPSERT}'
         ),
         {**params, "now": now},
     )
@@ -278,7 +286,7 @@ def recompute_groups(conn: Connection, chunk: Chunk, now: datetime) -> None:
             f'SELECT e.week_start, e.team, e."user", e.model, {_AGGREGATES} '
             f"FROM {scope} k JOIN events e ON {_join_scope('e')} "
             f"WHERE {where} "
-            f'GROUP BY e.week_start, e.team, e."user", e.model {_UPSERT}'
+            f'GROUP BY e.week_start, e.team, e."user", e.model {_IN_KEY_ORDER} {_UPSERT}'
         ),
         {**params, **in_weeks, "now": now},
     )
