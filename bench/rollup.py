@@ -28,7 +28,7 @@ from meter.db.ledger import insert_events, load_price_book
 from meter.db.models import UTCDateTime
 from meter.db.session import Database
 from meter.rollup.engine import run_rollup
-from meter.rollup.repository import WORK_MEM
+from meter.rollup.repository import AGGREGATES, COLUMNS, WORK_MEM
 from meter.weeks import week_of
 
 COMMAND = ".venv/bin/python -m bench.rollup"
@@ -36,20 +36,10 @@ FULL_TARGET = 1.5
 INCREMENTAL_TARGET = 0.05
 INCREMENTAL_EVENTS = 10_000
 
-_BARE = """
-INSERT INTO wu_bare (week_start, team, "user", model, requests, prompt_tokens,
-    completion_tokens, errors, estimated, unpriced, input_cost_units, output_cost_units,
-    updated_at)
-SELECT e.week_start, e.team, e."user", e.model,
-    COUNT(*),
-    COALESCE(SUM(e.prompt_tokens), 0),
-    COALESCE(SUM(e.completion_tokens), 0),
-    COALESCE(SUM(CASE WHEN e.status = 'error' THEN 1 ELSE 0 END), 0),
-    COALESCE(SUM(CASE WHEN e.usage_source = 'estimated' THEN 1 ELSE 0 END), 0),
-    COALESCE(SUM(CASE WHEN e.input_cost_units IS NULL THEN 1 ELSE 0 END), 0),
-    COALESCE(SUM(e.input_cost_units), 0),
-    COALESCE(SUM(e.output_cost_units), 0),
-    :now
+# The roll-up's own columns and aggregates (meter.rollup.repository), over the whole table at once.
+_BARE = f"""
+INSERT INTO wu_bare ({COLUMNS})
+SELECT e.week_start, e.team, e."user", e.model, {AGGREGATES}
 FROM events e
 GROUP BY e.week_start, e.team, e."user", e.model
 """

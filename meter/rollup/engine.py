@@ -101,7 +101,7 @@ def plan(db: Database) -> list[Chunk]:
             def close_run() -> None:
                 nonlocal run, marks
                 if run:
-                    chunks.append(Chunk(run[0], last_week=run[-1], weeks=tuple(run)))
+                    chunks.append(Chunk(run[0], weeks=tuple(run)))
                 run, marks = [], 0
 
             for week_start, count in repo.dirty_weeks(conn):

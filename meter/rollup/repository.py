@@ -24,18 +24,17 @@ _KEY = ("week_start", *_GROUP)
 
 @dataclass(frozen=True)
 class Chunk:
-    """Marks of the weeks `week_start` to `last_week` (the same week if None), or of one week
-    whose (team, user, model) is in [low, high) (None: unbounded)."""
+    """Marks of the weeks `weeks[0]` to `weeks[-1]` (`week_start` alone if `weeks` is empty), or
+    of one week whose (team, user, model) is in [low, high) (None: unbounded)."""
 
     week_start: date
     low: Key | None = None
     high: Key | None = None
-    last_week: date | None = None
-    weeks: tuple[date, ...] = ()  # the weeks with marks when planned
+    weeks: tuple[date, ...] = ()  # the weeks with marks when planned, oldest first
 
     @property
     def last(self) -> date:
-        return self.last_week or self.week_start
+        return self.weeks[-1] if self.weeks else self.week_start
 
 
 def _date(value: Any) -> date:
@@ -46,15 +45,17 @@ def _is_pg(conn: Connection) -> bool:
     return conn.dialect.name == "postgresql"
 
 
+def _week_range(alias: str, chunk: Chunk) -> tuple[str, dict[str, Any]]:
+    """The chunk's weeks on `alias` (not its key range), as SQL and parameters."""
+    if chunk.last == chunk.week_start:
+        return f"{alias}.week_start = :w", {"w": chunk.week_start}
+    return f"{alias}.week_start BETWEEN :w AND :wl", {"w": chunk.week_start, "wl": chunk.last}
+
+
 def _range(alias: str, chunk: Chunk) -> tuple[str, dict[str, Any]]:
     """The chunk's weeks and key range on `alias`, as SQL and parameters."""
     cols = ", ".join(f'{alias}."{c}"' for c in _GROUP)
-    params: dict[str, Any] = {"w": chunk.week_start}
-    if chunk.last == chunk.week_start:
-        sql = f"{alias}.week_start = :w"
-    else:
-        sql = f"{alias}.week_start BETWEEN :w AND :wl"
-        params["wl"] = chunk.last
+    sql, params = _week_range(alias, chunk)
     if chunk.low is not None:
         sql += f" AND ({cols}) >= (:lt, :lu, :lm)"
         params.update(lt=chunk.low[0], lu=chunk.low[1], lm=chunk.low[2])
@@ -192,7 +193,7 @@ def requests_in_scope(conn: Connection, chunk: Chunk, whole_range: bool) -> int:
         sql = f"SELECT COALESCE(SUM(wu.requests), 0) FROM weekly_usage wu WHERE {where}"
     else:
         scope, params = _scope(conn, chunk)
-        where, in_weeks = _range("wu", Chunk(chunk.week_start, last_week=chunk.last_week))
+        where, in_weeks = _week_range("wu", chunk)
         sql = (
             f"SELECT COALESCE(SUM(wu.requests), 0) FROM weekly_usage wu JOIN {scope} k "
             f"ON {_join_scope('wu')} WHERE {where}"
@@ -208,7 +209,7 @@ def delete_emptied(conn: Connection, chunk: Chunk) -> None:
     anti-join that sorts the whole week's events; this is one index probe per locked row.
     """
     scope, params = _scope(conn, chunk)
-    where, in_weeks = _range("weekly_usage", Chunk(chunk.week_start, last_week=chunk.last_week))
+    where, in_weeks = _week_range("weekly_usage", chunk)
     match = " AND ".join(f'e."{c}" = weekly_usage."{c}"' for c in _KEY)
     conn.execute(
         _text(
@@ -220,7 +221,7 @@ def delete_emptied(conn: Connection, chunk: Chunk) -> None:
     )
 
 
-_AGGREGATES = """
+AGGREGATES = """
     COUNT(*),
     COALESCE(SUM(e.prompt_tokens), 0),
     COALESCE(SUM(e.completion_tokens), 0),
@@ -241,7 +242,7 @@ _TOTALS = (
     "input_cost_units",
     "output_cost_units",
 )
-_COLUMNS = 'week_start, team, "user", model, ' + ", ".join(_TOTALS) + ", updated_at"
+COLUMNS = 'week_start, team, "user", model, ' + ", ".join(_TOTALS) + ", updated_at"
 # Rows whose totals did not change are left alone: no write, updated_at keeps its meaning.
 _UPSERT = (
     'ON CONFLICT (week_start, team, "user", model) DO UPDATE SET '
@@ -266,8 +267,8 @@ def recompute_range(conn: Connection, chunk: Chunk, now: datetime, *, empty: boo
     where, params = _range("e", chunk)
     conn.execute(
         _text(
-            f"INSERT INTO weekly_usage ({_COLUMNS}) "
-            f'SELECT e.week_start, e.team, e."user", e.model, {_AGGREGATES} '
+            f"INSERT INTO weekly_usage ({COLUMNS}) "
+            f'SELECT e.week_start, e.team, e."user", e.model, {AGGREGATES} '
             f"FROM events e WHERE {where} "
             f'GROUP BY e.week_start, e.team, e."user", e.model {_IN_KEY_ORDER} '
             f'{"" if empty else _UPSERT}'
@@ -279,11 +280,11 @@ def recompute_range(conn: Connection, chunk: Chunk, now: datetime, *, empty: boo
 def recompute_groups(conn: Connection, chunk: Chunk, now: datetime) -> None:
     """Recompute only the locked groups (few dirty groups in a large week)."""
     scope, params = _scope(conn, chunk)
-    where, in_weeks = _range("e", Chunk(chunk.week_start, last_week=chunk.last_week))
+    where, in_weeks = _week_range("e", chunk)
     conn.execute(
         _text(
-            f"INSERT INTO weekly_usage ({_COLUMNS}) "
-            f'SELECT e.week_start, e.team, e."user", e.model, {_AGGREGATES} '
+            f"INSERT INTO weekly_usage ({COLUMNS}) "
+            f'SELECT e.week_start, e.team, e."user", e.model, {AGGREGATES} '
             f"FROM {scope} k JOIN events e ON {_join_scope('e')} "
             f"WHERE {where} "
             f'GROUP BY e.week_start, e.team, e."user", e.model {_IN_KEY_ORDER} {_UPSERT}'
