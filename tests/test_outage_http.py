@@ -31,15 +31,15 @@ MAIN = "from meter.cli import main; main()"
 
 
 class Server:
-    """`meter serve --no-scheduler` on a free loopback port, over a SQLite file."""
+    """`meter serve --no-scheduler` on a free loopback port, over a SQLite file (or `db_url`)."""
 
-    def __init__(self, tmp_path: Path) -> None:
-        self.db_path = tmp_path / "server.db"
+    def __init__(self, tmp_path: Path, db_url: str | None = None) -> None:
+        self.db_url = db_url or f"sqlite:///{tmp_path / 'server.db'}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {
             **os.environ,
-            "METER_DATABASE_URL": f"sqlite:///{self.db_path}",
+            "METER_DATABASE_URL": self.db_url,
             "PYTHONPATH": str(REPO),
         }
         self.log = (tmp_path / "server.log").open("ab")
@@ -84,10 +84,6 @@ class Server:
                 self.proc.kill()
                 self.proc.wait(timeout=20)
         self.proc = None
-
-    @property
-    def db_url(self) -> str:
-        return f"sqlite:///{self.db_path}"
 
 
 @pytest.fixture

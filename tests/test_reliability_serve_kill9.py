@@ -78,8 +78,10 @@ def send_steadily(server: Server, ledger: Ledger, stop: threading.Event) -> None
 
 
 @pytest.mark.slow
-def test_kill_9_of_meter_serve_loses_no_answered_batch_and_stores_none_twice(tmp_path: Path):
-    server = Server(tmp_path)
+def test_kill_9_of_meter_serve_loses_no_answered_batch_and_stores_none_twice(
+    tmp_path: Path, db_url: str
+) -> None:
+    server = Server(tmp_path, db_url)
     server.meter_cli("db", "upgrade")
     rng = random.Random(97)
     ledger = Ledger()

@@ -230,3 +230,51 @@ def test_a_compressed_stream_is_decoded_for_metering(meter: Meter, db_url: str) 
     assert (stored.status, stored.prompt_tokens, stored.completion_tokens) == ("ok", 9, 1)
     assert (stored.provider_cost_usd, stored.cost_usd) == ("0.00000118", "0.00000118")
     assert stored.generation_id == "gen-1"
+
+
+def test_a_metered_client_over_a_metering_transport_records_each_call_once(
+    upstream: tuple[MockUpstream, str], mock: MockUpstream, meter: Meter, db_url: str
+) -> None:
+    """Handing MeteredClient an http_client built on meter.transport() does not double-count."""
+    from meter import AsyncMeteredClient, MeteredClient
+
+    transport = meter.transport(user="transport-user", team="transport-team")
+    with httpx.Client(transport=transport) as http:
+        client = MeteredClient(
+            api_key="k",
+            base_url=upstream[1],
+            meter=meter,
+            user="alice",
+            team="search",
+            http_client=http,
+        )
+        client.chat.completions.create(model=MODEL, messages=HELLO)
+        for _ in client.chat.completions.create(model=MODEL, messages=HELLO, stream=True):
+            pass
+        # a plain call through the same http_client is still metered by the transport
+        r = http.post(upstream[1] + "/chat/completions", json={"model": MODEL, "messages": HELLO})
+        assert r.status_code == 200
+
+    async def main() -> None:
+        async_transport = meter.async_transport(team="transport-team")
+        async with httpx.AsyncClient(transport=async_transport) as http:
+            client = AsyncMeteredClient(
+                api_key="k",
+                base_url=upstream[1],
+                meter=meter,
+                user="bob",
+                team="search",
+                http_client=http,
+            )
+            await client.chat.completions.create(model=MODEL, messages=HELLO)
+
+    asyncio.run(main())
+    assert len(mock.requests) == 4
+    stored = events(meter, db_url)
+    assert [(e.user, e.team, e.status, e.completion_tokens) for e in stored] == [
+        ("alice", "search", "ok", 51),
+        ("alice", "search", "ok", 51),
+        ("transport-user", "transport-team", "ok", 51),
+        ("bob", "search", "ok", 51),
+    ]
+    assert [e.cost_usd for e in stored] == [HELLO_COST] * 4

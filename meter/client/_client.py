@@ -28,6 +28,7 @@ from meter.client._request import ClientConfig, Prepared, make_config, prepare
 from meter.client._resources import AsyncChat, Chat
 from meter.client._retry import RETRY_STATUSES, backoff_seconds
 from meter.client._streaming import AsyncStream, Stream
+from meter.client._transport import METERED
 from meter.client._types import ChatCompletion, completion_from
 from meter.settings import get_settings
 from meter.tokens import preload
@@ -39,6 +40,8 @@ DEFAULT_TIMEOUT = 600.0  # LLM calls are slow: never httpx's 5 s default
 DEFAULT_MAX_RETRIES = 2
 # Nothing was sent when these happen, so retrying cannot double a call.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
+# Tells a MeteringTransport under our http_client that this call is metered already.
+_EXTENSIONS = {METERED: True}
 
 
 def _defaults(api_key: str | None, base_url: str | None) -> tuple[str | None, str]:
@@ -207,6 +210,7 @@ class MeteredClient(_Base):
                 content=prepared.content,
                 headers=prepared.headers,
                 timeout=timeout if timeout is not None else self.timeout,
+                extensions=_EXTENSIONS,
             )
             try:
                 response = self._http.send(request, stream=True)
@@ -314,6 +318,7 @@ class AsyncMeteredClient(_Base):
                 content=prepared.content,
                 headers=prepared.headers,
                 timeout=timeout if timeout is not None else self.timeout,
+                extensions=_EXTENSIONS,
             )
             try:
                 response = await self._http.send(request, stream=True)

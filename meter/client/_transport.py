@@ -8,6 +8,9 @@ get `stream_options.include_usage`, and the usage-only chunk that causes is not 
 before the client decompresses it). The event is recorded when the response body is closed.
 
 Each HTTP attempt is one event: an SDK that retries a 429 produces an `error` event for it.
+A request that a `MeteredClient` sent (it carries the `METERED` extension) is passed through
+untouched: the client records it already, so a client handed an `http_client` built on one of
+these transports does not count its calls twice.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ logger = logging.getLogger("meter.transport")
 
 USER_HEADER = "x-meter-user"
 TEAM_HEADER = "x-meter-team"
+# httpx request extension set by MeteredClient on what it sends: "already metered".
+METERED = "meter.metered"
 
 
 @dataclass(slots=True)
@@ -71,7 +76,11 @@ def budget_exceeded_response(request: httpx.Request, exc: BudgetExceeded) -> htt
 
 def _plan(request: httpx.Request, meter: Meter, user: str | None, team: str | None) -> _Plan | None:
     """Decide whether and how to meter a request; None: pass it through untouched."""
-    if request.method != "POST" or not request.url.path.endswith("/completions"):
+    if (
+        request.method != "POST"
+        or not request.url.path.endswith("/completions")
+        or request.extensions.get(METERED)
+    ):
         return None
     headers = request.headers.copy()
     header_user = headers.pop(USER_HEADER, None)

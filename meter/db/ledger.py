@@ -291,9 +291,9 @@ def _insert_postgres(conn: Connection, rows: list[tuple[Any, ...]]) -> int:
         # The batch's groups, straight from the temporary table: nothing to send back (turning
         # ~3,000 groups into arrays was a tenth of a batch on the client).
         cur.execute(
-            f"INSERT INTO rollup_dirty (week_start, team, \"user\", model, n) "
-            f"SELECT week_start, team, \"user\", model, 1 FROM events_incoming "
-            f"GROUP BY week_start, team, \"user\", model ORDER BY {_MARK_ORDER} {_PG_MARK}"
+            f'INSERT INTO rollup_dirty (week_start, team, "user", model, n) '
+            f'SELECT week_start, team, "user", model, 1 FROM events_incoming '
+            f'GROUP BY week_start, team, "user", model ORDER BY {_MARK_ORDER} {_PG_MARK}'
         )
         # No TRUNCATE: ON COMMIT DELETE ROWS empties the table at commit, and a TRUNCATE inside
         # the transaction costs a new relation file per batch (measured: a fifth of the time).

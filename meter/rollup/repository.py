@@ -271,7 +271,7 @@ def recompute_range(conn: Connection, chunk: Chunk, now: datetime, *, empty: boo
             f'SELECT e.week_start, e.team, e."user", e.model, {AGGREGATES} '
             f"FROM events e WHERE {where} "
             f'GROUP BY e.week_start, e.team, e."user", e.model {_IN_KEY_ORDER} '
-            f'{"" if empty else _UPSERT}'
+            f"{'' if empty else _UPSERT}"
         ),
         {**params, "now": now},
     )
