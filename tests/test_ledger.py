@@ -190,3 +190,49 @@ def test_occurred_at_with_offset_lands_in_its_utc_week(db: Database):
         row = conn.execute(sa.select(models.Event.occurred_at, models.Event.week_start)).one()
     assert row.occurred_at == datetime(2026, 11, 30, 1, 0, tzinfo=UTC)
     assert row.week_start.isoformat() == "2026-11-30"
+
+
+_TEXT = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40
+)
+_AWKWARD = st.sampled_from(["\\", "\t", "\n", "\r", "\\N", "\\t", "a\\\tb\r\n", "", " ", "'\""])
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    texts=st.lists(st.one_of(_TEXT, _AWKWARD), min_size=5, max_size=5),
+    tag_value=st.one_of(_TEXT, _AWKWARD),
+    micros=st.integers(0, 999_999),
+)
+def test_every_text_field_is_stored_verbatim(
+    db: Database, texts: list[str], tag_value: str, micros: int
+):
+    """Backslashes, tabs, newlines and `\\N` in any text field: PostgreSQL's rows travel in
+    COPY's text format, where each of those means something."""
+    model, user, team, gen, tag_key = texts
+    when = datetime(2026, 11, 24, 12, 0, 1, micros, tzinfo=UTC)
+    e = event(
+        model=model or "m",
+        user=user,
+        team=team,
+        generation_id=gen,
+        tags={tag_key: tag_value},
+        occurred_at=when,
+        latency_ms=micros,
+    )
+    plain = event(occurred_at=when)  # shares the batch: the fast path beside the escaped one
+    assert store(db, [e, plain]) == (2, 0)
+    with db.engine.connect() as conn:
+        columns = sa.select(*models.Event.__table__.c)
+        row = conn.execute(columns.where(models.Event.id == e.id)).one()
+        other = conn.execute(columns.where(models.Event.id == plain.id)).one()
+        conn.execute(sa.delete(models.Event))
+        conn.commit()
+    assert (row.model, row.user, row.team, row.generation_id) == (model or "m", user, team, gen)
+    assert row.tags == {tag_key: tag_value}
+    assert row.occurred_at == when and row.week_start.isoformat() == "2026-11-23"
+    assert (row.latency_ms, row.ttft_ms, row.cached_tokens) == (micros, None, None)
+    assert (other.user, other.team, other.tags, other.generation_id) == ("", "", None, None)
+    assert other.occurred_at == when

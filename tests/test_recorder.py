@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from meter import InvalidRequest, Meter
 from meter.db import migrate, models
 from meter.db.engine import make_engine
-from meter.db.ledger import _SqliteSecondCache
+from meter.db.ledger import _SecondCache
 from meter.db.prices import add_price
 from meter.money import render_usd
 from meter.pricing import SEED_MODEL, make_price
@@ -327,7 +327,7 @@ def test_a_forked_child_records_through_its_own_segment(db_url: str, tmp_path: P
 def test_the_ledgers_fast_sqlite_timestamps_are_exactly_sqlalchemys(moments: list[datetime]):
     # The drain's hot path formats SQLite datetimes itself: they must be byte-identical to what
     # SQLAlchemy writes, or range queries would compare text that sorts differently.
-    cache = _SqliteSecondCache()
+    cache = _SecondCache()
     for moment in sorted(moments) + moments:
         expected = moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
         assert cache.text(moment) == expected

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -82,7 +83,7 @@ def load_price_book(conn: Connection) -> PriceBook:
     )
 
 
-def _sqlite_datetime(moment: datetime) -> str:
+def _utc_text(moment: datetime) -> str:
     # The exact text SQLAlchemy's SQLite DateTime writes ("%Y-%m-%d %H:%M:%S.%f"), so
     # comparisons stay consistent; isoformat is twice as fast as strftime on this hot path.
     return moment.astimezone(UTC).isoformat(" ", "microseconds")[:26]
@@ -94,27 +95,27 @@ _EPOCH = datetime.min.replace(tzinfo=UTC)
 class _WeekCache:
     """`week_of` for a batch: events of one batch mostly share a week, and a week's exact UTC
     bounds answer the question for all of them without a timezone conversion each. `value` is
-    the week as the dialect stores it."""
+    the week's text, as stored (SQLite) or sent (PostgreSQL's COPY)."""
 
-    def __init__(self, tz: ZoneInfo, sqlite: bool) -> None:
+    def __init__(self, tz: ZoneInfo) -> None:
         self.tz = tz
-        self.sqlite = sqlite
         self.lo = self.hi = _EPOCH
         self.start = date.min
-        self.value: Any = None
+        self.value = ""
 
     def start_of(self, moment: datetime) -> date:
         if not (self.lo <= moment < self.hi):
             week = week_of(moment, self.tz)
             self.lo, self.hi = week.bounds(self.tz)
             self.start = week.start
-            self.value = week.start.isoformat() if self.sqlite else week.start
+            self.value = week.start.isoformat()
         return self.start
 
 
-class _SqliteSecondCache:
-    """SQLite's datetime text for events of one batch, which mostly share their second: the
-    "YYYY-MM-DD HH:MM:SS." prefix is formatted once per second (isoformat is ~2 us a call)."""
+class _SecondCache:
+    """The naive UTC datetime text of events of one batch, which mostly share their second: the
+    "YYYY-MM-DD HH:MM:SS." prefix is formatted once per second (isoformat is ~2 us a call).
+    SQLite stores this text; PostgreSQL's COPY reads it as a `timestamp`."""
 
     def __init__(self) -> None:
         self.lo = self.hi = _EPOCH
@@ -125,7 +126,7 @@ class _SqliteSecondCache:
         if not (self.lo <= utc < self.hi):
             self.lo = utc.replace(microsecond=0)
             self.hi = self.lo + timedelta(seconds=1)
-            self.prefix = _sqlite_datetime(self.lo)[:20]
+            self.prefix = _utc_text(self.lo)[:20]
         return f"{self.prefix}{utc.microsecond:06d}"
 
 
@@ -133,9 +134,10 @@ def _row(
     event: EventRecord,
     book: PriceBook,
     weeks: _WeekCache,
-    seconds: _SqliteSecondCache | None,
-    received: Any,
+    seconds: _SecondCache,
+    received: str,
 ) -> tuple[Any, ...]:
+    """An event as the text and integers both dialects are sent (SQLite stores them as such)."""
     price = book.price_at(event.model, event.occurred_at)
     if price is None:
         price_id = input_cost = output_cost = None
@@ -150,15 +152,9 @@ def _row(
         if event.provider_cost_usd is not None
         else None
     )
-    if seconds is not None:  # SQLite
-        ident: Any = event.id.hex
-        occurred: Any = seconds.text(event.occurred_at)
-    else:
-        ident = event.id
-        occurred = event.occurred_at.astimezone(UTC).replace(tzinfo=None)
     return (
-        ident,
-        occurred,
+        event.id.hex,
+        seconds.text(event.occurred_at),
         weeks.value,
         event.model,
         event.user or "",
@@ -193,13 +189,9 @@ def insert_events(
         return InsertResult(0, 0)
     received_at = received_at or datetime.now(UTC)
     sqlite = conn.dialect.name == "sqlite"
-    received: Any = (
-        _sqlite_datetime(received_at)
-        if sqlite
-        else received_at.astimezone(UTC).replace(tzinfo=None)
-    )
-    weeks = _WeekCache(tz, sqlite)
-    seconds = _SqliteSecondCache() if sqlite else None
+    received = _utc_text(received_at)
+    weeks = _WeekCache(tz)
+    seconds = _SecondCache()
     seen: set[Any] = set()
     rows = []
     for event in events:
@@ -279,8 +271,9 @@ def _insert_postgres(conn: Connection, rows: list[tuple[Any, ...]]) -> int:
             "(LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
         with cur.copy(f"COPY events_incoming ({_QUOTED}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
+            # In slices, so that the server parses one while the next is formatted here.
+            for i in range(0, len(rows), _COPY_SLICE):
+                copy.write("".join([_copy_line(row) for row in rows[i : i + _COPY_SLICE]]))
         cur.execute(
             # Sorted by id: two writers offering overlapping ids (a spool replay during API
             # ingest) then take the primary key's row locks in one order and cannot deadlock.
@@ -299,6 +292,34 @@ def _insert_postgres(conn: Connection, rows: list[tuple[Any, ...]]) -> int:
         # the transaction costs a new relation file per batch (measured: a fifth of the time).
         # A second call in the same transaction merely re-offers rows that now conflict.
     return max(int(inserted), 0)
+
+
+# COPY's text format: a backslash, a tab, a newline or a carriage return inside a value is
+# written as a backslash escape; NUL never gets this far (meter.events refuses it).
+_COPY_SPECIAL = re.compile(r"[\\\t\n\r]")
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+_COPY_SLICE = 1_000
+
+
+def _copy_field(value: Any) -> str:
+    if value is None:
+        return "\\N"
+    if type(value) is str:
+        return value.translate(_COPY_ESCAPES) if _COPY_SPECIAL.search(value) else value
+    return str(value)
+
+
+def _copy_line(row: tuple[Any, ...]) -> str:
+    """One `_row` as a line of COPY's text format: 3x faster than psycopg's `write_row`.
+
+    Only the text columns can need escaping: id, times and week are made here and integers are
+    integers. They are looked at together, and the rare row that needs it escaped field by field.
+    """
+    if _COPY_SPECIAL.search(f"{row[3]}{row[4]}{row[5]}{row[6]}{row[11]}{row[12]}{row[15]}"):
+        return "\t".join([_copy_field(v) for v in row]) + "\n"
+    return "\t".join(["\\N" if v is None else str(v) for v in row]) + "\n"
 
 
 # Lock order of marks on PostgreSQL: the roll-up locks a week's marks in this order too
