@@ -238,16 +238,10 @@ def test_a_metered_client_over_a_metering_transport_records_each_call_once(
     """Handing MeteredClient an http_client built on meter.transport() does not double-count."""
     from meter import AsyncMeteredClient, MeteredClient
 
+    common: dict[str, Any] = {"api_key": "k", "base_url": upstream[1], "meter": meter}
     transport = meter.transport(user="transport-user", team="transport-team")
     with httpx.Client(transport=transport) as http:
-        client = MeteredClient(
-            api_key="k",
-            base_url=upstream[1],
-            meter=meter,
-            user="alice",
-            team="search",
-            http_client=http,
-        )
+        client = MeteredClient(**common, user="alice", team="search", http_client=http)
         client.chat.completions.create(model=MODEL, messages=HELLO)
         for _ in client.chat.completions.create(model=MODEL, messages=HELLO, stream=True):
             pass
@@ -258,14 +252,7 @@ def test_a_metered_client_over_a_metering_transport_records_each_call_once(
     async def main() -> None:
         async_transport = meter.async_transport(team="transport-team")
         async with httpx.AsyncClient(transport=async_transport) as http:
-            client = AsyncMeteredClient(
-                api_key="k",
-                base_url=upstream[1],
-                meter=meter,
-                user="bob",
-                team="search",
-                http_client=http,
-            )
+            client = AsyncMeteredClient(**common, user="bob", team="search", http_client=http)
             await client.chat.completions.create(model=MODEL, messages=HELLO)
 
     asyncio.run(main())
