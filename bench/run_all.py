@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from bench._common import PYTHON, REPO, RESULTS, Row, machine, markdown_table, say
+from bench._common import PYTHON, REPO, RESULTS, SMOKE_ENV, Row, machine, markdown_table, say
 
 FULL = [
     ["bench.client_overhead"],
@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         wanted = set(args.only.split(","))
         plan = [p for p in plan if p[0] in wanted]
     t0 = time.perf_counter()
+    if args.quick:
+        os.environ[SMOKE_ENV] = "1"  # the children inherit it
+        say("quick run: every script at small sizes, to see that it runs; no verdicts")
     say(f"machine: {machine()}")
     failed = []
     for cmd in plan:
@@ -54,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         if done.returncode != 0:
             failed.append(cmd[0])
     total = time.perf_counter() - t0
-    sections = [f"Run of {time.strftime('%Y-%m-%d %H:%M')}, {total / 60:.1f} min, {machine()}"]
+    kind = "Quick (smoke) run" if args.quick else "Run"
+    sections = [f"{kind} of {time.strftime('%Y-%m-%d %H:%M')}, {total / 60:.1f} min, {machine()}"]
     for cmd in plan:
         path = RESULTS / f"{cmd[0].removeprefix('bench.')}.json"
         if not path.exists():
