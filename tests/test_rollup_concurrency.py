@@ -85,7 +85,7 @@ def test_a_run_whose_lease_was_taken_over_writes_nothing(db: Database):
     lease.acquire(db, "new-run", 0)
     week = rolled_up(db)
     with pytest.raises(lease.LeaseLost):
-        rollup_chunk(db, "slow-run", Chunk(date(2026, 11, 23)), datetime.now(UTC))
+        rollup_chunk(db, "slow-run", Chunk((date(2026, 11, 23),)), datetime.now(UTC))
     assert rolled_up(db) == week == {}
     assert dirty_count(db) == 1
 

@@ -101,7 +101,7 @@ def plan(db: Database) -> list[Chunk]:
             def close_run() -> None:
                 nonlocal run, marks
                 if run:
-                    chunks.append(Chunk(run[0], weeks=tuple(run)))
+                    chunks.append(Chunk(tuple(run)))
                 run, marks = [], 0
 
             for week_start, count in repo.dirty_weeks(conn):
@@ -113,8 +113,7 @@ def plan(db: Database) -> list[Chunk]:
                         None,
                     ]
                     chunks.extend(
-                        Chunk(week_start, lo, hi, weeks=(week_start,))
-                        for lo, hi in itertools.pairwise(bounds)
+                        Chunk((week_start,), lo, hi) for lo, hi in itertools.pairwise(bounds)
                     )
                     continue
                 if marks + count > CHUNK_GROUPS:

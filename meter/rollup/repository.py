@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from meter.db.ledger import MARK_ORDER
 from meter.db.models import UTCDateTime
 
 Key = tuple[str, str, str]  # (team, user, model) inside one week
@@ -24,17 +25,20 @@ _KEY = ("week_start", *_GROUP)
 
 @dataclass(frozen=True)
 class Chunk:
-    """Marks of the weeks `weeks[0]` to `weeks[-1]` (`week_start` alone if `weeks` is empty), or
-    of one week whose (team, user, model) is in [low, high) (None: unbounded)."""
+    """Marks of the weeks `weeks[0]` to `weeks[-1]`, or of one week whose (team, user, model)
+    is in [low, high) (None: unbounded)."""
 
-    week_start: date
+    weeks: tuple[date, ...]  # the weeks with marks when planned, oldest first; never empty
     low: Key | None = None
     high: Key | None = None
-    weeks: tuple[date, ...] = ()  # the weeks with marks when planned, oldest first
+
+    @property
+    def week_start(self) -> date:
+        return self.weeks[0]
 
     @property
     def last(self) -> date:
-        return self.weeks[-1] if self.weeks else self.week_start
+        return self.weeks[-1]
 
 
 def _date(value: Any) -> date:
@@ -141,8 +145,7 @@ def take_marks(conn: Connection, chunk: Chunk, keep_keys: bool) -> int:
         return int(conn.execute(_text(sql), params).scalar() or 0)
     take = (
         "DELETE FROM rollup_dirty WHERE ctid IN (SELECT d.ctid FROM rollup_dirty d "
-        f'WHERE {where} ORDER BY d.week_start, d.team COLLATE "C", d."user" COLLATE "C", '
-        'd.model COLLATE "C" FOR UPDATE)'
+        f"WHERE {where} ORDER BY {MARK_ORDER} FOR UPDATE)"
     )
     if not keep_keys:
         return int(conn.execute(_text(take), params).rowcount)
