@@ -129,6 +129,9 @@ class Event(Base):
     ttft_ms: Mapped[int | None]
     generation_id: Mapped[str | None] = mapped_column(sa.String(200))
     provider_cost_units: Mapped[int | None] = mapped_column(BigInt)
+    # What meter estimated before a generation lookup replaced the counts (SPEC section 9).
+    estimated_prompt_tokens: Mapped[int | None] = mapped_column(BigInt)
+    estimated_completion_tokens: Mapped[int | None] = mapped_column(BigInt)
     price_id: Mapped[int | None] = mapped_column(sa.ForeignKey("prices.id"))
     input_cost_units: Mapped[int | None] = mapped_column(BigInt)  # None: unpriced
     output_cost_units: Mapped[int | None] = mapped_column(BigInt)
@@ -198,6 +201,9 @@ class ApiKey(Base):
     team: Mapped[str | None] = mapped_column(sa.String(200))
     name: Mapped[str | None] = mapped_column(sa.String(200))
     created_at: Mapped[datetime]
+    # A gateway key may be bound to one user and to fixed tags (SPEC section 7).
+    user: Mapped[str | None] = mapped_column(sa.String(200))
+    tags: Mapped[dict[str, str] | None]
 
 
 class Budget(Base):
@@ -239,3 +245,50 @@ class Alert(Base):
     last_error: Mapped[str | None] = mapped_column(sa.String(500))
     next_attempt_at: Mapped[datetime | None]
     delivered_at: Mapped[datetime | None]
+
+
+class GatewayHold(Base):
+    """A gateway call's claim on its budgets (meter/gateway/holds.py tells the whole story).
+
+    `open`: admitted, running; `amount_units` is its worst-case cost and `expires_at` is pushed
+    forward while it runs, so that a crashed server's claims lapse. `held`: cancelled or cut
+    short; the full reservation stays until a generation lookup settles it. `settled`: ended;
+    `amount_units` is its exact cost, counted until the roll-up chunk that counts its event
+    deletes the row in the same transaction.
+    """
+
+    __tablename__ = "gateway_holds"
+    __table_args__ = (
+        sa.Index("ix_gateway_holds_team_day", "team", "day"),
+        sa.Index("ix_gateway_holds_user_day", "user", "day"),
+        sa.Index("ix_gateway_holds_day", "day"),
+    )
+
+    event_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    team: Mapped[str] = mapped_column(sa.String(200), default="")
+    user: Mapped[str] = mapped_column(sa.String(200), default="")
+    tags: Mapped[dict[str, str] | None]
+    model: Mapped[str] = mapped_column(sa.String(200))
+    day: Mapped[date]  # local date of the call in the database's timezone
+    week_start: Mapped[date]  # its local Monday: the roll-up group it will be counted in
+    state: Mapped[str] = mapped_column(sa.String(16))  # open | held | settled
+    amount_units: Mapped[int] = mapped_column(BigInt)
+    reserved_units: Mapped[int] = mapped_column(BigInt)
+    expires_at: Mapped[datetime | None]  # open holds only
+    created_at: Mapped[datetime]
+
+
+class GenerationLookup(Base):
+    """An estimated event waiting for the provider's own figures (`GET /generation?id=`)."""
+
+    __tablename__ = "generation_lookups"
+    __table_args__ = (sa.Index("ix_generation_lookups_due", "state", "next_attempt_at"),)
+
+    event_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    generation_id: Mapped[str] = mapped_column(sa.String(200))
+    state: Mapped[str] = mapped_column(sa.String(16))  # pending | done | unavailable
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime]
+    deadline_at: Mapped[datetime]  # give up after this (METER_LOOKUP_WINDOW_SECONDS)
+    last_error: Mapped[str | None] = mapped_column(sa.String(500))
+    created_at: Mapped[datetime]
