@@ -16,6 +16,7 @@ from typing import Annotated
 from pydantic import (
     AfterValidator,
     BaseModel,
+    Field,
     PlainSerializer,
     PlainValidator,
     Strict,
@@ -23,7 +24,13 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from meter.events import MAX_NAME_LENGTH, format_timestamp
+from meter.events import (
+    MAX_NAME_LENGTH,
+    MAX_TAG_KEY_LENGTH,
+    MAX_TAG_VALUE_LENGTH,
+    MAX_TAGS,
+    format_timestamp,
+)
 from meter.money import format_decimal, units_to_usd
 
 
@@ -154,6 +161,15 @@ NameQuery = Annotated[
     StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH),
     AfterValidator(storable_text),
 ]
+
+
+TagKey = Annotated[
+    str, Strict(), StringConstraints(min_length=1, max_length=MAX_TAG_KEY_LENGTH, pattern=NO_NUL)
+]
+TagValue = Annotated[
+    str, Strict(), StringConstraints(max_length=MAX_TAG_VALUE_LENGTH, pattern=NO_NUL)
+]
+Tags = Annotated[dict[TagKey, TagValue], Field(max_length=MAX_TAGS)]
 
 
 class Problem(BaseModel):

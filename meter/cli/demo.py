@@ -276,9 +276,9 @@ def demo(
 
 def _run(workdir: Path, stack: contextlib.ExitStack, calls: int, exit_after: bool) -> None:
     from meter.api.app import create_app
-    from meter.api.auth import create_key
     from meter.db.prices import add_price
     from meter.db.session import open_database
+    from meter.keys import create_key
     from meter.mock_upstream import running
     from meter.pricing import Price
     from meter.recorder.meter import Meter

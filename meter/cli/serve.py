@@ -31,7 +31,7 @@ def serve(
 ) -> None:
     """Serve the HTTP API and dashboard; creates or upgrades the schema first."""
     from meter.api.app import create_app
-    from meter.api.auth import any_keys
+    from meter.keys import any_keys
 
     cfg = settings()
     db = database(upgrade=True)

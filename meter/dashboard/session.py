@@ -23,9 +23,9 @@ import sqlalchemy as sa
 from fastapi import Request
 from fastapi.responses import Response
 
-from meter.api.auth import Principal, hash_key
 from meter.db import models
 from meter.db.session import Database
+from meter.keys import Principal, hash_key
 from meter.settings import Settings
 
 SESSION_COOKIE = "meter_session"

@@ -7,13 +7,14 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, HTTPException, Response
 from sqlalchemy.engine import Connection
 
-from meter.api.auth import AdminPrincipal, Principal, ReadPrincipal
+from meter.api.auth import AdminPrincipal, ReadPrincipal
 from meter.api.deps import DbDep, SettingsDep
 from meter.api.errors import invalid
 from meter.budgets import repository as repo
 from meter.budgets import service
 from meter.budgets.schemas import BudgetCreate, BudgetList, BudgetOut, BudgetPatch, TestDelivery
 from meter.db.session import Database
+from meter.keys import Principal
 
 router = APIRouter(prefix="/v1", tags=["budgets"])
 

@@ -11,11 +11,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
 from meter._exceptions import InvalidRequest
-from meter.api.auth import Principal, any_keys, principal_for_key
 from meter.api.deps import DbDep, SettingsDep
 from meter.dashboard import session, views
 from meter.dashboard.pages import render, stylesheet_response
 from meter.db.session import Database
+from meter.keys import Principal, any_keys, principal_for_key
 from meter.settings import Settings
 
 router = APIRouter(include_in_schema=False)

@@ -44,6 +44,8 @@ from meter.api.schemas import (
     Name,
     NameQuery,
     Problem,
+    TagKey,
+    TagValue,
     Timestamp,
     money,
     rfc3339_to_datetime,
@@ -53,8 +55,6 @@ from meter.db.ledger import InsertResult, insert_events, load_price_book
 from meter.db.session import Database
 from meter.events import (
     MAX_MILLIS,
-    MAX_TAG_KEY_LENGTH,
-    MAX_TAG_VALUE_LENGTH,
     MAX_TAGS,
     MAX_TOKENS_PER_EVENT,
     EventRecord,
@@ -71,12 +71,6 @@ Status = Literal["ok", "incomplete", "cancelled", "error"]
 UsageSource = Literal["provider", "estimated", "none"]
 TokenCount = Annotated[int, Strict(), Field(ge=0, le=MAX_TOKENS)]
 Millis = Annotated[int, Strict(), Field(ge=0, le=MAX_MS)]
-TagKey = Annotated[
-    str, Strict(), StringConstraints(min_length=1, max_length=MAX_TAG_KEY_LENGTH, pattern=NO_NUL)
-]
-TagValue = Annotated[
-    str, Strict(), StringConstraints(max_length=MAX_TAG_VALUE_LENGTH, pattern=NO_NUL)
-]
 GenerationId = Annotated[
     str, Strict(), StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)
 ]

@@ -6,34 +6,48 @@ short prefix that tells keys apart in lists.
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from meter.api.auth import AdminPrincipal, create_key
+from meter.api.auth import AdminPrincipal
 from meter.api.deps import DbDep
 from meter.api.errors import invalid
-from meter.api.schemas import AUTH_ERRORS, Name, Problem, Timestamp
+from meter.api.schemas import AUTH_ERRORS, Name, Problem, Tags, Timestamp
 from meter.db import models
 from meter.db.session import Database
+from meter.keys import check_key_fields, create_key
 
 router = APIRouter(tags=["keys"])
 
-Role = Literal["admin", "ingest", "read"]
+Role = Literal["admin", "ingest", "read", "gateway"]
 MAX_ID = 2**31 - 1  # api_keys.id is a 32-bit integer
 
 
 class KeyIn(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"role": "read", "team": "search", "name": "dashboard"}]},
+        json_schema_extra={
+            "examples": [
+                {"role": "read", "team": "search", "name": "dashboard"},
+                {"role": "gateway", "team": "search", "user": "alice", "tags": {"project": "x"}},
+            ]
+        },
     )
 
     role: Role
-    team: Name | None = Field(default=None, description="Scope a read or ingest key to a team")
+    team: Name | None = Field(
+        default=None,
+        description="Scope a read or ingest key to a team; required for a gateway key",
+    )
     name: Name | None = Field(default=None, description="What the key is for")
+    user: Name | None = Field(
+        default=None, description="Gateway keys: attribute every call to this user"
+    )
+    tags: Tags | None = Field(default=None, description="Gateway keys: tags on every call")
 
 
 class KeyOut(BaseModel):
@@ -41,6 +55,8 @@ class KeyOut(BaseModel):
     role: str
     team: str | None
     name: str | None
+    user: str | None = None
+    tags: dict[str, str] | None = None
     created_at: Timestamp
     prefix: str = Field(description="The key's first characters, to tell keys apart")
 
@@ -51,6 +67,8 @@ class KeyCreated(BaseModel):
     role: str
     team: str | None
     name: str | None
+    user: str | None = None
+    tags: dict[str, str] | None = None
     created_at: Timestamp
 
 
@@ -58,15 +76,30 @@ class KeyList(BaseModel):
     keys: list[KeyOut]
 
 
+def _tags(value: object) -> dict[str, str] | None:
+    if isinstance(value, str):  # some drivers hand JSON back as text
+        value = json.loads(value)
+    return dict(value) if isinstance(value, dict) and value else None
+
+
 def list_keys(db: Database) -> list[KeyOut]:
     k = models.ApiKey
     with db.engine.connect().execution_options(readonly=True) as conn:
         rows = conn.execute(
-            sa.select(k.id, k.role, k.team, k.name, k.created_at, k.prefix).order_by(k.id)
+            sa.select(
+                k.id, k.role, k.team, k.name, k.user, k.tags, k.created_at, k.prefix
+            ).order_by(k.id)
         ).all()
     return [
         KeyOut(
-            id=r.id, role=r.role, team=r.team, name=r.name, created_at=r.created_at, prefix=r.prefix
+            id=r.id,
+            role=r.role,
+            team=r.team,
+            name=r.name,
+            user=r.user,
+            tags=_tags(r.tags),
+            created_at=r.created_at,
+            prefix=r.prefix,
         )
         for r in rows
     ]
@@ -94,13 +127,25 @@ def get_keys(_: AdminPrincipal, db: DbDep) -> KeyList:
     summary="Create a key (shown once)",
     responses=AUTH_ERRORS,
 )
-def post_key(_: AdminPrincipal, db: DbDep, body: KeyIn) -> KeyCreated:
-    if body.role == "admin" and body.team is not None:
-        raise invalid(("body", "team"), "an admin key cannot be scoped to a team")
+def post_key(_admin: AdminPrincipal, db: DbDep, body: KeyIn) -> KeyCreated:
+    try:
+        check_key_fields(body.role, body.team, body.user, body.tags)
+    except ValueError as exc:
+        name, _, reason = str(exc).partition(": ")
+        raise invalid(("body", name), reason) from None
     with db.engine.begin() as conn:
-        key_id, key, created_at = create_key(conn, body.role, body.team, body.name)
+        key_id, key, created_at = create_key(
+            conn, body.role, body.team, body.name, user=body.user, tags=body.tags
+        )
     return KeyCreated(
-        id=key_id, key=key, role=body.role, team=body.team, name=body.name, created_at=created_at
+        id=key_id,
+        key=key,
+        role=body.role,
+        team=body.team,
+        name=body.name,
+        user=body.user,
+        tags=body.tags or None,
+        created_at=created_at,
     )
 
 
