@@ -28,6 +28,15 @@ ROLLUP_LAG = Gauge(
     "scrape). Absent until one has run.",
     multiprocess_mode="max",
 )
+GATEWAY_CALLS = Counter(
+    "meter_gateway_calls",
+    "Calls answered by the gateway (POST /v1/chat/completions, /v1/completions), by outcome.",
+    ["outcome"],  # forwarded | refused_budget | invalid | upstream_unreachable | ...
+)
+RESERVATION_EXCEEDED = Counter(
+    "meter_reservation_exceeded",
+    "Gateway calls whose exact cost came out above the worst case reserved for them.",
+)
 SPOOL_DEPTH = Gauge(
     "meter_spool_depth_bytes",
     "Bytes waiting in this machine's spool directory (METER_SPOOL_DIR), measured at scrape.",

@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     )
     spool_dir: Path = Field(default_factory=default_spool_dir)
     spool_max_bytes: int = Field(default=1 << 30, gt=0)
+    # The gateway (SPEC section 7).
+    gateway_max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    gateway_fail_open: bool = False  # admit calls when the budget state cannot be read
+    gateway_timeout_seconds: float = Field(default=600.0, gt=0)  # LLM calls are slow
+    gateway_max_connections: int = Field(default=1000, gt=0)  # upstream pool: streams at once
     webhook_allow_private: bool = False
     webhook_allow_hosts: str | None = None
 

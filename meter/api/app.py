@@ -28,14 +28,19 @@ from meter.api.routes import (
 )
 from meter.budgets.delivery import DeliveryWorker
 from meter.db.session import Database
+from meter.gateway import routes as gateway
 from meter.rollup.scheduler import build_scheduler, start_scheduler, stop_scheduler
 from meter.settings import Settings
 
 log = logging.getLogger("meter.api")
 
 
-def create_app(settings: Settings, db: Database, *, scheduler: bool = True) -> FastAPI:
-    """Build the app around an open database. `scheduler` runs the roll-up job in-process."""
+def create_app(
+    settings: Settings, db: Database, *, scheduler: bool = True, gateway_at_start: bool = False
+) -> FastAPI:
+    """Build the app around an open database. `scheduler` runs the roll-up job in-process;
+    `gateway_at_start` opens the gateway's spool at once (meter serve: what a killed server
+    left there is stored before anything else), else at the first gateway call."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,9 +54,14 @@ def create_app(settings: Settings, db: Database, *, scheduler: bool = True) -> F
         jobs = app.state.scheduler
         if app.state.run_scheduler:
             start_scheduler(jobs)
+        if gateway_at_start:
+            app.state.gateway = gateway.Gateway.start(settings, db)
         try:
             yield
         finally:
+            running: gateway.Gateway | None = getattr(app.state, "gateway", None)
+            if running is not None:
+                await running.aclose()
             # Waits for a running roll-up to finish its chunk: off the event loop.
             await asyncio.to_thread(stop_scheduler, jobs)
             # May wait for a send in flight (bounded by its timeouts): off the event loop too.
@@ -72,7 +82,7 @@ def create_app(settings: Settings, db: Database, *, scheduler: bool = True) -> F
     app.state.run_scheduler = scheduler
     app.state.scheduler = build_scheduler(db, settings.rollup_interval_seconds)
 
-    install_error_handlers(app)
+    install_error_handlers(app, gateway.GATEWAY_PATHS, settings.gateway_max_body_bytes)
 
     for module in (
         health,
@@ -88,6 +98,7 @@ def create_app(settings: Settings, db: Database, *, scheduler: bool = True) -> F
         metrics,
         docs,
         dashboard,
+        gateway,
     ):
         app.include_router(module.router)
     return app

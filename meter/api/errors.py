@@ -176,17 +176,28 @@ class BodySizeLimit:
     plain text: every error of this API is JSON.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int = MAX_BODY_BYTES,
+        gateway_paths: frozenset[str] = frozenset(),
+        gateway_max_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        # The gateway's routes take bigger bodies (long prompts), and answer in OpenAI's shape.
+        self.gateway_paths = gateway_paths
+        self.gateway_max_bytes = gateway_max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        gateway = scope.get("path") in self.gateway_paths
+        limit = self.gateway_max_bytes if gateway else self.max_bytes
         declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await _too_large()(scope, receive, send)
+        if declared is not None and declared > limit:
+            await _too_large(limit, gateway)(scope, receive, send)
             return
         received = 0
         started = False
@@ -196,7 +207,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     raise BodyTooLarge()  # inside a route: FastAPI hands it to _on_http_error
             return message
 
@@ -210,7 +221,7 @@ class BodySizeLimit:
         except BodyTooLarge:
             if started:
                 raise
-            await _too_large()(scope, receive, send)
+            await _too_large(limit, gateway)(scope, receive, send)
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -223,13 +234,26 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-def _too_large() -> JSONResponse:
-    return JSONResponse({"detail": BodyTooLarge().detail}, status_code=413)
+def _too_large(limit: int = MAX_BODY_BYTES, gateway: bool = False) -> JSONResponse:
+    detail = f"request body larger than {limit // 1024**2} MiB"
+    if gateway:
+        error = {"message": detail, "type": "invalid_request_error", "param": None, "code": None}
+        return JSONResponse({"error": error}, status_code=413)
+    return JSONResponse({"detail": detail}, status_code=413)
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """The handlers above, and the body size limit."""
-    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+def install_error_handlers(
+    app: FastAPI,
+    gateway_paths: frozenset[str] = frozenset(),
+    gateway_max_bytes: int = MAX_BODY_BYTES,
+) -> None:
+    """The handlers above, and the body size limits."""
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=MAX_BODY_BYTES,
+        gateway_paths=gateway_paths,
+        gateway_max_bytes=gateway_max_bytes,
+    )
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     for unreachable in (

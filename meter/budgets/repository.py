@@ -22,7 +22,7 @@ A = models.Alert
 U = models.WeeklyUsage
 
 ALERT_KEY = ("budget_id", "type", "week_start", "threshold")
-_SPLIT = 10**6  # see _spend_columns
+SPLIT = 10**6  # see _spend_columns
 # budgets.id is an INTEGER: a larger id cannot exist (and PostgreSQL refuses to compare an
 # INTEGER with it), so it is simply not found.
 _MAX_ID = 2**31 - 1
@@ -145,16 +145,40 @@ def _spend_columns() -> list[sa.ColumnElement[Any]]:
     # SQLite's SUM over int64 raises past 2^63 units ($9.2M): sum the millions and the remainders
     # apart, so no partial sum can overflow; Python puts them back together exactly.
     return [
-        sa.func.sum(U.input_cost_units // _SPLIT),
-        sa.func.sum(U.input_cost_units % _SPLIT),
-        sa.func.sum(U.output_cost_units // _SPLIT),
-        sa.func.sum(U.output_cost_units % _SPLIT),
+        sa.func.sum(U.input_cost_units // SPLIT),
+        sa.func.sum(U.input_cost_units % SPLIT),
+        sa.func.sum(U.output_cost_units // SPLIT),
+        sa.func.sum(U.output_cost_units % SPLIT),
     ]
 
 
 def _total(parts: Sequence[Any]) -> int:
     high_in, low_in, high_out, low_out = (int(p or 0) for p in parts)
-    return (high_in + high_out) * _SPLIT + low_in + low_out
+    return (high_in + high_out) * SPLIT + low_in + low_out
+
+
+def scope_condition(scope: str, subject: str, team: Any, user: Any) -> Any:
+    """Which rows a budget counts: its team's, its user's across teams, or all of them."""
+    if scope == "team":
+        return team == subject
+    if scope == "user":
+        return user == subject
+    return sa.true()
+
+
+def rollup_spend_subqueries(budget: BudgetRow, week_start: date) -> list[Any]:
+    """A budget's roll-up spend in a week as two scalar subqueries, (millions, remainders) of
+    units: `high * SPLIT + low` is exact, and no partial sum can overflow SQLite's int64.
+    For a statement that must read it together with other state (the gateway's admission)."""
+    where = (
+        U.week_start == week_start,
+        scope_condition(budget.scope, budget.subject, U.team, U.user),
+    )
+    total = U.input_cost_units + U.output_cost_units
+    return [
+        sa.select(sa.func.coalesce(sa.func.sum(total // SPLIT), 0)).where(*where).scalar_subquery(),
+        sa.select(sa.func.coalesce(sa.func.sum(total % SPLIT), 0)).where(*where).scalar_subquery(),
+    ]
 
 
 def spend_by(

@@ -49,7 +49,7 @@ def serve(
         f"meter serving {db.engine.url.render_as_string()} on http://{host}:{port} "
         f"(roll-up {'off' if no_scheduler else f'every {cfg.rollup_interval_seconds:g} s'})"
     )
-    api = create_app(cfg, db, scheduler=not no_scheduler)
+    api = create_app(cfg, db, scheduler=not no_scheduler, gateway_at_start=True)
     # Everything loaded so far (modules, schemas, the app) lives as long as the process: keep it
     # out of the garbage collector's full passes. A batch of 1,000 events allocates enough to
     # trigger them, and each one walked these ~180,000 objects (~100 ms, measured in process).

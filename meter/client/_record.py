@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,6 +46,8 @@ class Call:
     occurred_at: datetime = field(default_factory=_now)
     started: float = field(default_factory=time.perf_counter)
     info: MeterInfo | None = None
+    # Known before the call is sent: the gateway's budget hold carries the same id.
+    event_id: uuid.UUID = field(default_factory=uuid7)
 
     def estimate_prompt_tokens(self) -> int:
         if self.messages is not None:
@@ -77,7 +80,7 @@ class Call:
         else:
             prompt = completion = 0
         event = EventRecord(
-            id=uuid7(),
+            id=self.event_id,
             occurred_at=self.occurred_at,
             model=self.model,
             prompt_tokens=prompt,

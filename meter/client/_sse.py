@@ -18,10 +18,16 @@ class ServerSentEvent(NamedTuple):  # a tuple: cheapest to make, once per stream
     event: str | None = None
 
 
-class SSEDecoder:
-    __slots__ = ("_buffer", "_data", "_event", "_skip_lf")
+COMMENT = ":"  # the `event` of a comment, from a decoder made with keep_comments=True
 
-    def __init__(self) -> None:
+
+class SSEDecoder:
+    __slots__ = ("_buffer", "_data", "_event", "_keep_comments", "_skip_lf")
+
+    def __init__(self, *, keep_comments: bool = False) -> None:
+        # A proxy re-emitting events keeps comments (keep-alives such as OpenRouter's
+        # `: OPENROUTER PROCESSING`): they come out in place, as events whose `event` is COMMENT.
+        self._keep_comments = keep_comments
         self._buffer = b""
         self._data: list[str] = []
         self._event: str | None = None
@@ -62,7 +68,8 @@ class SSEDecoder:
                 value = raw[6:] if raw[5:6] == b" " else raw[5:]
                 self._data.append(value.decode("utf-8", "replace"))
             elif raw[0] == 0x3A:  # ":" a comment
-                continue
+                if self._keep_comments:
+                    events.append(ServerSentEvent(raw[1:].decode("utf-8", "replace"), COMMENT))
             else:
                 name, colon, value_text = raw.decode("utf-8", "replace").partition(":")
                 if colon and value_text.startswith(" "):

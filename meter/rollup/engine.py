@@ -136,6 +136,7 @@ def rollup_chunk(db: Database, holder: str, chunk: Chunk, now: datetime) -> tupl
                 if not taken:
                     return 0, 0
                 whole = taken >= WHOLE_RANGE_SHARE * existing
+                repo.drop_counted_holds(conn, chunk, whole)
                 before = 0
                 if existing:  # else nothing is rolled up in this range yet: nothing to drop
                     before = repo.requests_in_scope(conn, chunk, whole)

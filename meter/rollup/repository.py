@@ -296,6 +296,36 @@ def recompute_groups(conn: Connection, chunk: Chunk, now: datetime) -> None:
     )
 
 
+def drop_counted_holds(conn: Connection, chunk: Chunk, whole_range: bool) -> None:
+    """Delete the gateway's holds (meter/gateway/holds.py) of the events this chunk counts.
+
+    Runs before the recount, in the same transaction: every event this statement sees is also
+    seen by the recount that follows (READ COMMITTED snapshots only grow; SQLite excludes every
+    writer), so a hold leaves the budgets' spend exactly when its event's cost enters the
+    roll-up, at the commit. `held` holds stay: a cancelled call's reservation waits for its
+    generation lookup, which settles it and marks the group again. Driven from the holds (few)
+    with one probe of the events' primary key each, never a scan of the chunk's events.
+    """
+    if whole_range:
+        where, params = _range("h", chunk)
+    else:
+        scope, params = _scope(conn, chunk)
+        where, in_weeks = _week_range("h", chunk)
+        where += (
+            ' AND (h.week_start, h.team, h."user", h.model) IN '
+            f'(SELECT k.week_start, k.team, k."user", k.model FROM {scope} k)'
+        )
+        params = {**params, **in_weeks}
+    conn.execute(
+        _text(
+            "DELETE FROM gateway_holds WHERE event_id IN (SELECT h.event_id FROM gateway_holds h "
+            f"WHERE {where} AND h.state IN ('open', 'settled') "
+            "AND EXISTS (SELECT 1 FROM events e WHERE e.id = h.event_id))"
+        ),
+        params,
+    )
+
+
 def consume_marks(conn: Connection, chunk: Chunk) -> None:
     """SQLite: delete the chunk's marks (all of the range: no writer could add one meanwhile).
     PostgreSQL's `take_marks` deleted them already."""

@@ -1,0 +1,238 @@
+"""Hard budgets for the gateway: a call reserves its worst case before it is sent.
+
+Why gateway calls never take an enforced budget past its limit, whatever the concurrency:
+
+1. Before sending, a call covered by enforced budgets computes its worst-case cost W (prompt
+   upper bound x input price + n x cap x output price; meter.gateway.request) and, in one
+   transaction, locks those budgets' rows (PostgreSQL, in id order: admissions to a budget run
+   one at a time across every server; SQLite's BEGIN IMMEDIATE serialises every writer), reads
+   each budget's state in ONE statement (one snapshot) and inserts its hold of W only if, for
+   every budget, spend + reserved + W <= limit. The next admission to that budget reads after
+   this commit, so it sees this hold.
+2. spend = the roll-up's total for the period + the exact cost of the gateway's settled calls
+   not yet rolled up; reserved = the open holds. A call's money is always in exactly one of
+   three places: its open hold (W, while it runs), its settled hold (its exact cost, once it
+   ended), or the roll-up (once the chunk that counts its event deleted the hold, in the same
+   transaction: meter.rollup.repository.drop_counted_holds). One snapshot sees each call in one
+   place, never in none: the roll-up commits the move atomically, and a settlement only lowers
+   a hold to the exact cost, which is <= W whenever the call stayed within its reservation.
+3. So at every admission, the sum over admitted calls of what they can cost is <= limit: by
+   induction, each admission keeps sum(spend) + sum(W of running calls) <= limit, and a
+   running call's real cost never exceeds its W (a call that does is counted in
+   meter_reservation_exceeded_total: a provider billing beyond max_tokens or the context).
+4. A call cut short (cancelled, incomplete) keeps its full W (state `held`) until its
+   generation lookup knows the provider's real figures, or gives up (meter.reconcile):
+   providers may bill the whole completion after a client abort. A running stream renews its
+   hold's expiry; a crashed server's open holds stop counting when they expire (HOLD_TTL), and
+   its finished calls are counted again once its spool is replayed and rolled up.
+
+Spend recorded by other paths (the Python client, POST /v1/events) counts from the roll-up that
+includes it, so it can take a budget past its limit; the gateway then refuses. Budgets count
+meter's cost, never the provider's `usage.cost`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from meter.budgets import repository as budgets_repo
+from meter.budgets.repository import BudgetRow
+from meter.db.session import Database
+from meter.gateway import repository as repo
+from meter.metrics import RESERVATION_EXCEEDED
+from meter.money import units_to_usd
+from meter.weeks import week_of
+
+log = logging.getLogger("meter.gateway")
+
+HOLD_TTL = timedelta(seconds=60)  # an open hold not renewed for this long stops counting
+RENEW_EVERY_S = 15.0
+BUDGETS_REFRESH_S = 1.0  # how stale the list of enforced budgets may be (one read a second)
+LAPSED_KEPT = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """An enforced budget has no room for this call's worst case."""
+
+    budget_id: int
+    limit_usd: Decimal
+    spend_usd: Decimal
+    reserved_usd: Decimal
+    needed_usd: Decimal
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who a call is for, and what it may cost at most."""
+
+    event_id: uuid.UUID
+    team: str | None
+    user: str | None
+    tags: dict[str, str] | None
+    model: str
+    occurred_at: datetime
+    worst_case_units: int
+
+
+class _Refused(Exception):
+    def __init__(self, refusal: Refusal) -> None:
+        self.refusal = refusal
+
+
+class BudgetUnavailable(Exception):
+    """The budget state cannot be read (or written): the gateway fails closed."""
+
+
+class BudgetGate:
+    """Admission, settlement and renewal of gateway holds for one server process."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._budgets: list[BudgetRow] = []
+        self._loaded_at = float("-inf")
+        self._lock = threading.Lock()
+        self._running: set[uuid.UUID] = set()  # this process's open holds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- which budgets a call falls under ---------------------------------------------------
+
+    def covering(self, team: str | None, user: str | None) -> list[BudgetRow]:
+        """The enforced budgets covering a call (from a list at most BUDGETS_REFRESH_S old).
+        Raises BudgetUnavailable when the list cannot be read."""
+        if time.monotonic() - self._loaded_at >= BUDGETS_REFRESH_S:
+            try:
+                with self.db.engine.connect() as conn:
+                    conn = conn.execution_options(readonly=True)
+                    with conn.begin():
+                        budgets = budgets_repo.list_budgets(conn, enforced_only=True)
+            except Exception as exc:
+                raise BudgetUnavailable(str(exc)) from exc
+            with self._lock:
+                self._budgets, self._loaded_at = budgets, time.monotonic()
+        return [b for b in self._budgets if _covers(b, team, user)]
+
+    # -- admission ----------------------------------------------------------------------------
+
+    def admit(self, claim: Claim, budgets: Sequence[BudgetRow]) -> Refusal | None:
+        """Reserve the claim's worst case under `budgets`, atomically across servers; a
+        Refusal (nothing reserved) when one of them has no room."""
+        now = datetime.now(UTC)
+        week = week_of(claim.occurred_at, self.db.tz)
+        day = claim.occurred_at.astimezone(self.db.tz).date()
+        try:
+            with self.db.engine.begin() as conn:
+                repo.lock_budgets(conn, [b.id for b in budgets])
+                for state in repo.budget_states(conn, budgets, week.start, now):
+                    total = state.spend_units + state.reserved_units + claim.worst_case_units
+                    if state.enforce and total > state.limit_units:
+                        raise _Refused(
+                            Refusal(
+                                budget_id=state.budget_id,
+                                limit_usd=units_to_usd(state.limit_units),
+                                spend_usd=units_to_usd(state.spend_units),
+                                reserved_usd=units_to_usd(state.reserved_units),
+                                needed_usd=units_to_usd(claim.worst_case_units),
+                            )
+                        )
+                repo.insert_hold(
+                    conn,
+                    {
+                        "event_id": claim.event_id,
+                        "team": claim.team or "",
+                        "user": claim.user or "",
+                        "tags": claim.tags,
+                        "model": claim.model,
+                        "day": day,
+                        "week_start": week.start,
+                        "state": repo.OPEN,
+                        "amount_units": claim.worst_case_units,
+                        "reserved_units": claim.worst_case_units,
+                        "expires_at": now + HOLD_TTL,
+                        "created_at": now,
+                    },
+                )
+        except _Refused as refused:  # rolled back: nothing reserved
+            return refused.refusal
+        except Exception as exc:
+            raise BudgetUnavailable(str(exc)) from exc
+        with self._lock:
+            self._running.add(claim.event_id)
+        self._start_renewing()
+        return None
+
+    # -- the end of a call ----------------------------------------------------------------------
+
+    def settle(self, claim: Claim, cost_units: int, *, awaiting_lookup: bool) -> None:
+        """The call ended: its hold becomes its exact cost at once (or, for a call cut short
+        whose provider figures can still be looked up, keeps its full reservation)."""
+        with self._lock:
+            self._running.discard(claim.event_id)
+        if cost_units > claim.worst_case_units:
+            RESERVATION_EXCEEDED.inc()
+            log.warning(
+                "gateway call %s cost %d units, over its reservation of %d",
+                claim.event_id,
+                cost_units,
+                claim.worst_case_units,
+            )
+        state = repo.HELD if awaiting_lookup else repo.SETTLED
+        amount = claim.worst_case_units if awaiting_lookup else cost_units
+        try:
+            with self.db.engine.begin() as conn:
+                repo.settle(conn, claim.event_id, state, amount)
+        except Exception:
+            # The hold stays open and expires within HOLD_TTL; the event is in the spool and
+            # reaches the roll-up anyway.
+            log.exception("could not settle the gateway hold of %s", claim.event_id)
+
+    # -- renewal of running calls' holds ------------------------------------------------------
+
+    def _start_renewing(self) -> None:
+        if self._thread is not None:
+            return
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(
+                target=self._renew_loop, name="meter-gateway-holds", daemon=True
+            )
+            self._thread.start()
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(RENEW_EVERY_S):
+            self.renew()
+
+    def renew(self) -> None:
+        with self._lock:
+            running = list(self._running)
+        now = datetime.now(UTC)
+        try:
+            with self.db.engine.begin() as conn:
+                repo.extend(conn, running, now + HOLD_TTL)
+                repo.delete_lapsed(conn, now - LAPSED_KEPT)
+        except Exception:
+            log.exception("could not renew the gateway's open holds")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def _covers(budget: BudgetRow, team: str | None, user: str | None) -> bool:
+    if budget.scope == "global":
+        return True
+    if budget.scope == "team":
+        return team is not None and budget.subject == team
+    if budget.scope == "user":
+        return user is not None and budget.subject == user
+    return False

@@ -1,0 +1,114 @@
+"""All SQL of the gateway's hard budgets. The caller owns the transaction; nothing here commits."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from meter.budgets.repository import SPLIT, BudgetRow, rollup_spend_subqueries, scope_condition
+from meter.db import models
+
+H = models.GatewayHold
+B = models.Budget
+
+OPEN, HELD, SETTLED = "open", "held", "settled"
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    """One budget as an admission sees it, all read in one snapshot."""
+
+    budget_id: int
+    limit_units: int
+    enforce: bool
+    spend_units: int  # the roll-up's total + settled gateway calls not yet rolled up
+    reserved_units: int  # open reservations (running calls, cancelled calls awaiting lookup)
+
+
+def lock_budgets(conn: Connection, ids: Sequence[int]) -> None:
+    """PostgreSQL: lock the budgets' rows in id order until commit, so that admissions to the
+    same budget run one at a time across every server (and cannot deadlock). NO KEY UPDATE
+    does not block the alerts' foreign-key checks. SQLite: BEGIN IMMEDIATE did it already."""
+    if conn.dialect.name != "postgresql" or not ids:
+        return
+    conn.execute(
+        sa.select(B.id).where(B.id.in_(sorted(ids))).order_by(B.id).with_for_update(key_share=True)
+    ).all()
+
+
+def _hold_sum(states: tuple[str, ...], week_start: date, now: datetime, where: Any) -> Any:
+    query = sa.select(sa.func.coalesce(sa.func.sum(H.amount_units), 0)).where(
+        H.week_start == week_start, H.state.in_(states), where
+    )
+    if OPEN in states:
+        query = query.where(sa.or_(H.expires_at.is_(None), H.expires_at > now))
+    return query.scalar_subquery()
+
+
+def budget_states(
+    conn: Connection, budgets: Sequence[BudgetRow], week_start: date, now: datetime
+) -> list[BudgetState]:
+    """Every budget's spend and open reservations in ONE statement: one snapshot, so a roll-up
+    committing meanwhile (moving a settled call's cost from its hold to weekly_usage) is seen
+    wholly or not at all, never counted twice or missed."""
+    columns: list[Any] = [B.id, B.weekly_limit_units, B.enforce]
+    for b in budgets:
+        columns += rollup_spend_subqueries(b, week_start)
+        in_holds = scope_condition(b.scope, b.subject, H.team, H.user)
+        columns.append(_hold_sum((SETTLED,), week_start, now, in_holds))
+        columns.append(_hold_sum((OPEN, HELD), week_start, now, in_holds))
+    ids = [b.id for b in budgets]
+    rows = conn.execute(sa.select(*columns).where(B.id.in_(ids)).order_by(B.id)).all()
+    by_id = {r[0]: r for r in rows}
+    states = []
+    for i, b in enumerate(budgets):
+        row = by_id.get(b.id)
+        if row is None:  # deleted meanwhile
+            continue
+        base = 3 + 4 * i
+        parts = row[base : base + 4]
+        states.append(
+            BudgetState(
+                budget_id=b.id,
+                limit_units=int(row[1]),
+                enforce=bool(row[2]),
+                spend_units=int(parts[0] or 0) * SPLIT + int(parts[1] or 0) + int(parts[2] or 0),
+                reserved_units=int(parts[3] or 0),
+            )
+        )
+    return states
+
+
+def insert_hold(conn: Connection, values: dict[str, Any]) -> None:
+    conn.execute(sa.insert(H).values(**values))
+
+
+def settle(conn: Connection, event_id: uuid.UUID, state: str, amount_units: int) -> None:
+    conn.execute(
+        sa.update(H)
+        .where(H.event_id == event_id, H.state == OPEN)
+        .values(state=state, amount_units=amount_units, expires_at=None)
+    )
+
+
+def extend(conn: Connection, event_ids: Sequence[uuid.UUID], expires_at: datetime) -> None:
+    if event_ids:
+        conn.execute(
+            sa.update(H)
+            .where(H.event_id.in_(list(event_ids)), H.state == OPEN)
+            .values(expires_at=expires_at)
+        )
+
+
+def delete_lapsed(conn: Connection, before: datetime) -> int:
+    """Open holds whose server stopped renewing them long ago (it crashed before the call
+    ended): they stopped counting when they expired; this only tidies the table."""
+    return int(
+        conn.execute(sa.delete(H).where(H.state == OPEN, H.expires_at < before)).rowcount or 0
+    )

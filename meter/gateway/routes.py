@@ -1,0 +1,351 @@
+"""The gateway's routes: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`.
+
+Only `gateway` keys may call them (every other key gets 403 here, and a gateway key gets 403
+everywhere else); with no key at all (open mode, loopback only) calls go through unattributed.
+Every answer that is not the upstream's own is in OpenAI's error envelope.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import httpx
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from meter._exceptions import InvalidRequest
+from meter.client._record import Call
+from meter.db.session import Database
+from meter.gateway.errors import openai_error
+from meter.gateway.holds import BudgetGate, BudgetUnavailable, Claim
+from meter.gateway.proxy import (
+    Recording,
+    forward_plain,
+    forward_stream,
+    make_http_client,
+    response_headers,
+    upstream_headers,
+)
+from meter.gateway.request import TAGS_HEADER, GatewayRequest, parse_request, parse_tags_header
+from meter.keys import Principal, any_keys, principal_for_key
+from meter.metrics import GATEWAY_CALLS
+from meter.money import format_decimal
+from meter.settings import Settings
+
+log = logging.getLogger("meter.gateway")
+
+router = APIRouter(tags=["gateway"])
+
+MODELS_CACHE_S = 300.0  # GET /v1/models: the upstream's answer is reused for at most this long
+# OpenAI routes meter does not serve: 404 in OpenAI's envelope rather than FastAPI's.
+UNSERVED = (
+    "embeddings",
+    "responses",
+    "moderations",
+    "images/{rest:path}",
+    "audio/{rest:path}",
+    "files",
+    "batches",
+    "fine_tuning/{rest:path}",
+    "assistants",
+    "threads",
+    "vector_stores",
+    "uploads",
+    "realtime",
+)
+GATEWAY_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models"})
+
+
+@dataclass
+class Gateway:
+    """One server process's gateway: its spool (a Meter), budget gate and upstream pool."""
+
+    settings: Settings
+    db: Database
+    meter: Any  # meter.recorder.meter.Meter
+    gate: BudgetGate
+    _http: httpx.AsyncClient | None = None
+    _models: tuple[float, Response] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def start(cls, settings: Settings, db: Database) -> Gateway:
+        from meter.recorder.meter import Meter
+
+        return cls(settings, db, Meter(settings=settings), BudgetGate(db))
+
+    def http(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = make_http_client(self.settings)
+        return self._http
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+        self.gate.close()
+        await anyio.to_thread.run_sync(self.meter.close)
+
+
+def gateway_of(request: Request) -> Gateway:
+    app = request.app
+    gateway: Gateway | None = getattr(app.state, "gateway", None)
+    if gateway is None:
+        with _START_LOCK:
+            gateway = getattr(app.state, "gateway", None)
+            if gateway is None:
+                gateway = Gateway.start(app.state.settings, app.state.db)
+                app.state.gateway = gateway
+    return gateway
+
+
+_START_LOCK = threading.Lock()
+
+
+def _authenticate(request: Request, gateway: Gateway) -> Principal | Response:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    unauthorized = {"WWW-Authenticate": "Bearer"}
+    if scheme.lower() != "bearer" or not token:
+        if not any_keys(gateway.db, gateway.settings):
+            return Principal(role="gateway")  # open mode: loopback only, unattributed
+        return openai_error(
+            401,
+            "missing API key: send `Authorization: Bearer <meter gateway key>`",
+            type="invalid_request_error",
+            code="invalid_api_key",
+            headers=unauthorized,
+        )
+    principal = principal_for_key(gateway.db, gateway.settings, token)
+    if principal is None:
+        return openai_error(
+            401,
+            "invalid API key",
+            type="invalid_request_error",
+            code="invalid_api_key",
+            headers=unauthorized,
+        )
+    if principal.role != "gateway":
+        return openai_error(
+            403,
+            f"this key has role {principal.role}; the gateway takes keys of role gateway "
+            "(meter keys create --role gateway --team T)",
+            type="permission_denied",
+            code="wrong_role",
+        )
+    return principal
+
+
+def _upstream_key_missing() -> Response:
+    return openai_error(
+        503,
+        "the meter server has no upstream key: set OPENROUTER_API_KEY where `meter serve` runs",
+        type="server_error",
+        code="upstream_key_missing",
+    )
+
+
+@router.post("/v1/chat/completions", include_in_schema=False)
+async def chat_completions(request: Request) -> Response:
+    return await _completions(request, "chat", "/chat/completions")
+
+
+@router.post("/v1/completions", include_in_schema=False)
+async def completions(request: Request) -> Response:
+    return await _completions(request, "completions", "/completions")
+
+
+async def _completions(request: Request, kind: str, path: str) -> Response:
+    gateway = gateway_of(request)
+    principal = await anyio.to_thread.run_sync(_authenticate, request, gateway)
+    if isinstance(principal, Response):
+        return principal
+    settings = gateway.settings
+    if settings.openrouter_api_key is None:
+        return _upstream_key_missing()
+    raw = await request.body()
+    occurred_at = datetime.now(UTC)
+    try:
+        model = _model_of(raw)
+        price = gateway.meter.price_at(model, occurred_at) if model else None
+        req = parse_request(kind, raw, price.context_length if price else None)
+        tags = principal.tags or parse_tags_header(request.headers.get(TAGS_HEADER))
+    except InvalidRequest as exc:
+        GATEWAY_CALLS.labels("invalid").inc()
+        return openai_error(400, str(exc), type="invalid_request_error", param=exc.param)
+    team = principal.team
+    user = principal.user or req.body_user
+    call = Call(
+        gateway.meter,
+        req.model,
+        user,
+        team,
+        tags,
+        messages=req.messages,
+        prompt=req.prompt,
+        price=price,
+        occurred_at=occurred_at,
+    )
+    refused = await _reserve(gateway, req, call)
+    if isinstance(refused, Response):
+        return refused
+    recording = Recording(call, refused, gateway.gate)
+    outgoing = gateway.http().build_request(
+        "POST",
+        settings.upstream_base_url.rstrip("/") + path,
+        content=req.content,
+        headers=upstream_headers(settings, request.headers, req.stream),
+    )
+    if req.stream:
+        return await forward_stream(gateway.http(), outgoing, recording, req.strip_usage_chunk)
+    return await forward_plain(gateway.http(), outgoing, recording)
+
+
+def _model_of(raw: bytes) -> str | None:
+    """The model named in a body, cheaply, to look its price up before the full check."""
+    import json
+
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    model = doc.get("model") if isinstance(doc, dict) else None
+    return model if isinstance(model, str) and model else None
+
+
+async def _reserve(gateway: Gateway, req: GatewayRequest, call: Call) -> Claim | Response | None:
+    """The call's hold under the enforced budgets covering it: None when none covers it, a
+    Response when it is refused (402, 400 unbounded_cost, 503 budget_unavailable)."""
+    fail_open = gateway.settings.gateway_fail_open
+    try:
+        budgets = await anyio.to_thread.run_sync(gateway.gate.covering, call.team, call.user)
+    except BudgetUnavailable as exc:
+        return None if fail_open else _budget_unavailable(exc)
+    if not budgets:
+        return None
+    param = req.unbounded_param(call.price)
+    if param is not None:
+        GATEWAY_CALLS.labels("unbounded_cost").inc()
+        return openai_error(
+            400,
+            f"an enforced budget covers this call, and its cost has no bound because of "
+            f"`{param}`: "
+            + (
+                "the model needs a price and a context length in meter's price book"
+                if param == "model"
+                else "fallback models, plugins and non-text content can cost any amount"
+            ),
+            type="invalid_request_error",
+            param=param,
+            code="unbounded_cost",
+        )
+    assert call.price is not None
+    claim = Claim(
+        event_id=call.event_id,
+        team=call.team,
+        user=call.user,
+        tags=call.tags,
+        model=call.model,
+        occurred_at=call.occurred_at,
+        worst_case_units=req.worst_case_units(call.price),
+    )
+    try:
+        refusal = await anyio.to_thread.run_sync(gateway.gate.admit, claim, budgets)
+    except BudgetUnavailable as exc:
+        return None if fail_open else _budget_unavailable(exc)
+    if refusal is None:
+        return claim
+    GATEWAY_CALLS.labels("refused_budget").inc()
+    return openai_error(
+        402,
+        f"budget {refusal.budget_id} has no room for this call: spent "
+        f"${format_decimal(refusal.spend_usd)} and reserved "
+        f"${format_decimal(refusal.reserved_usd)} of ${format_decimal(refusal.limit_usd)}; "
+        "this call may cost up to "
+        f"${format_decimal(refusal.needed_usd)} (lower max_tokens to need less)",
+        type="budget_exceeded",
+        code="budget_exceeded",
+        headers={"x-should-retry": "false"},
+        extra={
+            "budget_id": refusal.budget_id,
+            "limit_usd": format_decimal(refusal.limit_usd),
+            "spend_usd": format_decimal(refusal.spend_usd),
+            "reserved_usd": format_decimal(refusal.reserved_usd),
+        },
+    )
+
+
+def _budget_unavailable(exc: Exception) -> Response:
+    log.warning("gateway: budget state unavailable, refusing (fail closed): %s", exc)
+    GATEWAY_CALLS.labels("budget_unavailable").inc()
+    return openai_error(
+        503,
+        "the budget state cannot be read, so no call is admitted (set METER_GATEWAY_FAIL_OPEN=1 "
+        "on the server to let calls through instead)",
+        type="server_error",
+        code="budget_unavailable",
+    )
+
+
+@router.get("/v1/models", include_in_schema=False)
+async def models(request: Request) -> Response:
+    gateway = gateway_of(request)
+    principal = await anyio.to_thread.run_sync(_authenticate, request, gateway)
+    if isinstance(principal, Response):
+        return principal
+    settings = gateway.settings
+    if settings.openrouter_api_key is None:
+        return _upstream_key_missing()
+    cached = gateway._models
+    if cached is not None and time.monotonic() - cached[0] < MODELS_CACHE_S:
+        return cached[1]
+    try:
+        upstream = await gateway.http().get(
+            settings.upstream_base_url.rstrip("/") + "/models",
+            headers=upstream_headers(settings, request.headers, stream=False),
+        )
+    except httpx.TimeoutException as exc:
+        return openai_error(
+            504,
+            f"the upstream did not answer in time ({type(exc).__name__})",
+            type="upstream_error",
+            code="upstream_timeout",
+        )
+    except httpx.HTTPError as exc:
+        return openai_error(
+            502,
+            f"the upstream could not be reached ({type(exc).__name__})",
+            type="upstream_error",
+            code="upstream_unreachable",
+        )
+    answer = Response(
+        upstream.content, upstream.status_code, headers=response_headers(upstream, decoded=True)
+    )
+    if upstream.status_code == 200:
+        gateway._models = (time.monotonic(), answer)
+    return answer
+
+
+def _not_served(request: Request) -> Response:
+    return openai_error(
+        404,
+        f"meter's gateway does not serve {request.url.path}: it meters /v1/chat/completions "
+        "and /v1/completions, and lists /v1/models",
+        type="invalid_request_error",
+        code="unknown_url",
+    )
+
+
+for _path in UNSERVED:
+    router.add_api_route(
+        f"/v1/{_path}",
+        _not_served,
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        include_in_schema=False,
+    )
