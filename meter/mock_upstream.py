@@ -14,6 +14,7 @@ environment variable `METER_MOCK_BEHAVIOR` / `meter mock-upstream --behavior`), 
   server_error        500            bad_gateway   502          unavailable   503
                       (502 and 503 carry `Retry-After` only when `X-Mock-Retry-After` is given)
   bad_request         400 (not retried)
+  payment_required    402 (OpenRouter: the account is out of credits)
   midstream_error     HTTP 200, some text, then a chunk with a top-level `error` (string `code`)
                       and `finish_reason: "error"`; non-streaming: a 200 body with `error`
   cut                 some text, then the connection is dropped (no usage, no `[DONE]`)
@@ -66,6 +67,7 @@ BEHAVIORS = (
     "bad_gateway",
     "unavailable",
     "bad_request",
+    "payment_required",
     "midstream_error",
     "cut",
     "no_usage",
@@ -83,6 +85,7 @@ _STATUS = {
     "bad_gateway": 502,
     "unavailable": 503,
     "bad_request": 400,
+    "payment_required": 402,
 }
 ENV_BEHAVIOR = "METER_MOCK_BEHAVIOR"
 PROCESSING_COMMENT = b": OPENROUTER PROCESSING\n\n"
@@ -184,6 +187,14 @@ class _Plan:
     reasoning: int
 
 
+MODELS_ENTRY: dict[str, Any] = {
+    "id": SEED_PRICE.model,
+    "name": "Mistral: Mistral 7B Instruct v0.1",
+    "context_length": 4096,
+    "pricing": {"prompt": "0.00000011", "completion": "0.00000019", "request": "0"},
+}
+
+
 @dataclass
 class MockUpstream:
     """The mock's state and its ASGI app. `default_behavior` applies when a request names none."""
@@ -199,7 +210,14 @@ class MockUpstream:
         paths = ("/v1/chat/completions", "/chat/completions", "/v1/completions", "/completions")
         routes = [Route(p, self._complete, methods=["POST"]) for p in paths]
         routes.append(Route("/mock/requests", self._requests, methods=["GET", "DELETE"]))
+        routes += [Route(p, self._models, methods=["GET"]) for p in ("/v1/models", "/models")]
         self.app = Starlette(routes=routes)
+
+    async def _models(self, request: Request) -> Response:
+        """The catalogue, in OpenRouter's shape (prices per token, as strings)."""
+        with self._lock:
+            self.requests.append(SeenRequest(request.url.path, dict(request.headers), None))
+        return JSONResponse({"data": [MODELS_ENTRY]})
 
     # -- what a test inspects --------------------------------------------------------------
     def reset(self) -> None:

@@ -44,8 +44,30 @@ from meter.settings import Settings
 log = logging.getLogger("meter.gateway")
 
 EVENT_ID_HEADER = "X-Meter-Event-Id"
-# Sent upstream as the client sent them (OpenRouter's app attribution); nothing else is.
-FORWARDED_REQUEST_HEADERS = ("http-referer", "x-title", "x-openrouter-title", "user-agent")
+# Client headers that never go upstream: the client's credentials (the server's key replaces
+# them), meter's own, hop-by-hop ones, and those the gateway sets itself. Everything else
+# (HTTP-Referer, X-Title, X-OpenRouter-Title for OpenRouter's app attribution...) passes.
+_HELD_BACK_REQUEST_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "host",
+        "content-length",
+        "content-type",
+        "accept",
+        "accept-encoding",
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "expect",
+        "openai-organization",
+        "openai-project",
+    }
+)
 # Not passed back: hop-by-hop, or set again by our own server for the bytes it sends.
 _DROPPED_RESPONSE_HEADERS = frozenset(
     {
@@ -84,9 +106,9 @@ def upstream_headers(
         "Accept": "text/event-stream" if stream else "application/json",
         "Accept-Encoding": "identity",
     }
-    for name in FORWARDED_REQUEST_HEADERS:
-        value = client_headers.get(name)
-        if value is not None:
+    for name, value in client_headers.items():
+        lower = name.lower()
+        if lower not in _HELD_BACK_REQUEST_HEADERS and not lower.startswith("x-meter-"):
             headers[name] = value
     return headers
 
