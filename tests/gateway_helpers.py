@@ -13,12 +13,22 @@ from typing import Any
 import uvicorn
 
 from meter.api.app import create_app
+from meter.db.engine import make_engine
 from meter.db.session import Database
 from meter.keys import create_key
 from meter.settings import Settings, get_settings
+from meter.weeks import load_timezone
 from tests.recorder_helpers import free_port
 
 SERVER_KEY = "sk-or-server-key-never-shown"
+
+
+def database_at(url: str) -> Iterator[Database]:
+    """The database at `url`, for a fixture: keys, budgets and holds live where the gateway
+    spools its events."""
+    engine = make_engine(url)
+    yield Database(engine, load_timezone("UTC"))
+    engine.dispose()
 
 
 def gateway_settings(db_url: str, upstream_url: str, spool: Path, **overrides: Any) -> Settings:

@@ -22,7 +22,19 @@ from tests.client_helpers import (
     MODEL,
     stored_events,
 )
-from tests.gateway_helpers import SERVER_KEY, GatewayServer, gateway_key, gateway_settings
+from tests.gateway_helpers import (
+    SERVER_KEY,
+    GatewayServer,
+    database_at,
+    gateway_key,
+    gateway_settings,
+)
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    """The database the gateway spools into (the suite's own `db` fixture is another one)."""
+    yield from database_at(db_url)
 
 
 @pytest.fixture

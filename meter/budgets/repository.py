@@ -112,10 +112,16 @@ def get_budget(conn: Connection, budget_id: int) -> BudgetRow | None:
 
 
 def list_budgets(
-    conn: Connection, *, team: str | None = None, enforced_only: bool = False
+    conn: Connection,
+    *,
+    team: str | None = None,
+    enforced_only: bool = False,
+    where: sa.ColumnElement[bool] | None = None,
 ) -> list[BudgetRow]:
     """Every budget, or only team `team`'s (what a team-scoped key may see)."""
     query = sa.select(*_BUDGET_COLUMNS).order_by(B.id)
+    if where is not None:
+        query = query.where(where)
     if team is not None:
         query = query.where(B.scope == "team", B.subject == team)
     if enforced_only:

@@ -35,14 +35,12 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from meter.budgets import repository as budgets_repo
 from meter.budgets.repository import BudgetRow
 from meter.db.session import Database
 from meter.gateway import repository as repo
@@ -54,7 +52,6 @@ log = logging.getLogger("meter.gateway")
 
 HOLD_TTL = timedelta(seconds=60)  # an open hold not renewed for this long stops counting
 RENEW_EVERY_S = 15.0
-BUDGETS_REFRESH_S = 1.0  # how stale the list of enforced budgets may be (one read a second)
 LAPSED_KEPT = timedelta(days=1)
 
 
@@ -96,8 +93,6 @@ class BudgetGate:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._budgets: list[BudgetRow] = []
-        self._loaded_at = float("-inf")
         self._lock = threading.Lock()
         self._running: set[uuid.UUID] = set()  # this process's open holds
         self._stop = threading.Event()
@@ -106,19 +101,15 @@ class BudgetGate:
     # -- which budgets a call falls under ---------------------------------------------------
 
     def covering(self, team: str | None, user: str | None) -> list[BudgetRow]:
-        """The enforced budgets covering a call (from a list at most BUDGETS_REFRESH_S old).
-        Raises BudgetUnavailable when the list cannot be read."""
-        if time.monotonic() - self._loaded_at >= BUDGETS_REFRESH_S:
-            try:
-                with self.db.engine.connect() as conn:
-                    conn = conn.execution_options(readonly=True)
-                    with conn.begin():
-                        budgets = budgets_repo.list_budgets(conn, enforced_only=True)
-            except Exception as exc:
-                raise BudgetUnavailable(str(exc)) from exc
-            with self._lock:
-                self._budgets, self._loaded_at = budgets, time.monotonic()
-        return [b for b in self._budgets if _covers(b, team, user)]
+        """The enforced budgets covering a call, read now (a budget created a moment ago
+        applies to the next call). Raises BudgetUnavailable when they cannot be read."""
+        try:
+            with self.db.engine.connect() as conn:
+                conn = conn.execution_options(readonly=True)
+                with conn.begin():
+                    return repo.covering_budgets(conn, team, user)
+        except Exception as exc:
+            raise BudgetUnavailable(str(exc)) from exc
 
     # -- admission ----------------------------------------------------------------------------
 
@@ -226,13 +217,3 @@ class BudgetGate:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-
-
-def _covers(budget: BudgetRow, team: str | None, user: str | None) -> bool:
-    if budget.scope == "global":
-        return True
-    if budget.scope == "team":
-        return team is not None and budget.subject == team
-    if budget.scope == "user":
-        return user is not None and budget.subject == user
-    return False

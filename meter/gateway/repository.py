@@ -11,7 +11,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from meter.budgets.repository import SPLIT, BudgetRow, rollup_spend_subqueries, scope_condition
+from meter.budgets.repository import (
+    SPLIT,
+    BudgetRow,
+    list_budgets,
+    rollup_spend_subqueries,
+    scope_condition,
+)
 from meter.db import models
 
 H = models.GatewayHold
@@ -29,6 +35,16 @@ class BudgetState:
     enforce: bool
     spend_units: int  # the roll-up's total + settled gateway calls not yet rolled up
     reserved_units: int  # open reservations (running calls, cancelled calls awaiting lookup)
+
+
+def covering_budgets(conn: Connection, team: str | None, user: str | None) -> list[BudgetRow]:
+    """The enforced budgets that cover a call of `team` and `user`."""
+    scopes = [B.scope == "global"]
+    if team is not None:
+        scopes.append(sa.and_(B.scope == "team", B.subject == team))
+    if user is not None:
+        scopes.append(sa.and_(B.scope == "user", B.subject == user))
+    return list_budgets(conn, enforced_only=True, where=sa.or_(*scopes))
 
 
 def lock_budgets(conn: Connection, ids: Sequence[int]) -> None:

@@ -1,0 +1,283 @@
+"""Hard budgets through the gateway (SPEC section 7): worst-case reservations, 402 refusals that
+SDKs do not retry, settlement to the exact cost, the roll-up taking over from a settled hold,
+`unbounded_cost`, failing closed, and no overshoot under concurrency across two servers."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import sqlalchemy as sa
+
+from meter.budgets import service
+from meter.budgets.schemas import BudgetCreate
+from meter.db.session import Database
+from meter.mock_upstream import MockUpstream
+from meter.money import render_usd
+from meter.rollup.engine import run_rollup
+from tests.budget_helpers import loopback_settings
+from tests.client_helpers import HELLO, MODEL, stored_events
+from tests.gateway_helpers import (
+    SERVER_KEY,
+    GatewayServer,
+    database_at,
+    gateway_key,
+    gateway_settings,
+)
+from tests.test_outage_http import Server
+
+# HELLO with max_tokens=50: prompt bound 8 (chat) + 16 (message) + 5 bytes = 29 tokens.
+WORST_CASE = 29 * 110_000 + 50 * 190_000  # units of 1e-12 USD: $0.00001269
+BODY = {"model": MODEL, "messages": HELLO, "max_tokens": 50}
+
+
+def budget(db: Database, limit_usd: str, **fields: Any) -> int:
+    doc: dict[str, Any] = {
+        "scope": "team",
+        "subject": "search",
+        "weekly_limit_usd": limit_usd,
+        "enforce": True,
+        "thresholds": [],
+    }
+    doc.update(fields)
+    with db.engine.begin() as conn:
+        return service.create_budget(
+            conn, BudgetCreate(**doc), loopback_settings(), service.Clock(datetime.now(UTC), db.tz)
+        )
+
+
+def holds(db: Database) -> list[tuple[str, int, int]]:
+    with db.engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT state, amount_units, reserved_units FROM gateway_holds ORDER BY created_at"
+            )
+        ).all()
+    return [(r[0], int(r[1]), int(r[2])) for r in rows]
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    """The database the gateway spools into (the suite's own `db` fixture is another one)."""
+    yield from database_at(db_url)
+
+
+@pytest.fixture
+def gw(
+    db: Database, db_url: str, upstream: tuple[MockUpstream, str], tmp_path: Path
+) -> Iterator[GatewayServer]:
+    upstream[0].reset()
+    server = GatewayServer(gateway_settings(db_url, upstream[1], tmp_path / "spool"), db)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def post(gw: GatewayServer, key: str, body: dict[str, Any] = BODY) -> httpx.Response:
+    return httpx.post(
+        f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {key}"}, json=body
+    )
+
+
+def test_calls_are_admitted_while_their_worst_case_fits_then_402(
+    gw: GatewayServer, db: Database, db_url: str, mock: MockUpstream
+) -> None:
+    key = gateway_key(db)
+    # Room for three worst cases exactly: each call settles below its reservation, so a fourth
+    # fits once three have settled; then the fifth does not.
+    budget_id = budget(db, render_usd(3 * WORST_CASE) or "0")
+    answers = [post(gw, key) for _ in range(6)]
+    statuses = [r.status_code for r in answers]
+    admitted = statuses.count(200)
+    gw.flush()
+    events = stored_events(db_url)
+    spent = sum(Decimal(e.cost_usd or "0") for e in events)
+    assert len(events) == admitted == len(mock.requests)
+    assert spent <= Decimal(render_usd(3 * WORST_CASE) or "0")
+    assert statuses[:3] == [200, 200, 200] and statuses[-1] == 402
+    refusal = answers[-1]
+    assert refusal.headers["x-should-retry"] == "false"
+    error = refusal.json()["error"]
+    assert (error["type"], error["code"], error["budget_id"]) == (
+        "budget_exceeded",
+        "budget_exceeded",
+        budget_id,
+    )
+    assert Decimal(error["spend_usd"]) == spent  # settled calls, not yet rolled up
+    assert (error["limit_usd"], error["reserved_usd"]) == (render_usd(3 * WORST_CASE), "0")
+    # Every admitted call's hold is its exact cost; the roll-up then takes over from them.
+    assert sorted(a for _, a, _ in holds(db)) == sorted(
+        int(Decimal(e.cost_usd or "0") * 10**12) for e in events
+    )
+    assert {s for s, _, _ in holds(db)} == {"settled"}
+    run_rollup(db)
+    assert holds(db) == []
+    again = post(gw, key)
+    assert again.status_code == 402
+    assert Decimal(again.json()["error"]["spend_usd"]) == spent  # now from the roll-up
+
+
+def test_the_openai_sdk_does_not_retry_a_budget_refusal(
+    gw: GatewayServer, db: Database, mock: MockUpstream
+) -> None:
+    budget(db, "0.000001")  # below one worst case
+    client = openai.OpenAI(base_url=gw.base_url, api_key=gateway_key(db), max_retries=2)
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=50)  # type: ignore[arg-type]
+    assert info.value.status_code == 402
+    assert mock.requests == []
+    assert holds(db) == []
+
+
+def test_budgets_of_other_teams_users_and_unenforced_ones_do_not_apply(
+    gw: GatewayServer, db: Database
+) -> None:
+    budget(db, "0.000001", subject="other")
+    budget(db, "0.000001", scope="user", subject="carol")
+    budget(db, "0.000001", subject="search", enforce=False)
+    assert post(gw, gateway_key(db, user="alice")).status_code == 200
+    assert holds(db) == []  # no enforced budget covers it: no reservation at all
+    budget(db, "0.000001", scope="user", subject="alice")
+    assert post(gw, gateway_key(db, team="x", user="alice")).status_code == 402
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"model": "acme/unpriced"}, "model"),
+        ({"models": [MODEL, "acme/other"]}, "models"),
+        ({"route": "fallback"}, "route"),
+        ({"plugins": [{"id": "web"}]}, "plugins"),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": "data:,"}}],
+                    }
+                ]
+            },
+            "messages",
+        ),
+    ],
+)
+def test_a_call_without_a_cost_bound_is_refused_under_an_enforced_budget(
+    gw: GatewayServer, db: Database, mock: MockUpstream, extra: dict[str, Any], param: str
+) -> None:
+    key = gateway_key(db)
+    if param == "model":
+        assert post(gw, key, {**BODY, **extra}).status_code == 200  # no budget: it goes through
+        mock.reset()
+    budget(db, "10")
+    r = post(gw, key, {**BODY, **extra})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert (error["code"], error["param"], error["type"]) == (
+        "unbounded_cost",
+        param,
+        "invalid_request_error",
+    )
+    assert mock.requests == []
+
+
+def test_budget_state_unreadable_fails_closed_or_open_when_asked(
+    db: Database, db_url: str, upstream: tuple[MockUpstream, str], tmp_path: Path
+) -> None:
+    key = gateway_key(db)
+    budget(db, "10")
+    for fail_open, status in ((False, 503), (True, 200)):
+        settings = gateway_settings(
+            db_url, upstream[1], tmp_path / f"s{fail_open}", gateway_fail_open=fail_open
+        )
+        server = GatewayServer(settings, db)
+        try:
+            with db.engine.begin() as conn:  # the budget state cannot be read
+                conn.execute(sa.text("ALTER TABLE gateway_holds RENAME TO gateway_holds_gone"))
+            try:
+                r = post(server, key)
+            finally:
+                with db.engine.begin() as conn:
+                    conn.execute(sa.text("ALTER TABLE gateway_holds_gone RENAME TO gateway_holds"))
+            assert r.status_code == status, r.text
+            if status == 503:
+                assert r.json()["error"]["code"] == "budget_unavailable"
+        finally:
+            server.stop()
+
+
+CALLS = 40
+
+
+@pytest.mark.slow
+def test_concurrent_calls_through_two_servers_never_overshoot(
+    db: Database,
+    db_url: str,
+    backend: str,
+    upstream: tuple[MockUpstream, str],
+    tmp_path: Path,
+) -> None:
+    """40 calls at once from threads, through two `meter serve` processes on PostgreSQL (one on
+    SQLite, which is single-machine), against a budget with room for about 10 worst cases."""
+    mock, upstream_url = upstream
+    mock.reset()
+    key = gateway_key(db)
+    limit_units = 10 * WORST_CASE + WORST_CASE // 2
+    budget(db, render_usd(limit_units) or "0")
+    servers = []
+    for i in range(2 if backend == "postgresql" else 1):
+        home = tmp_path / f"server{i}"
+        home.mkdir()
+        server = Server(home, db_url)
+        server.env.update(
+            METER_UPSTREAM_BASE_URL=upstream_url,
+            OPENROUTER_API_KEY=SERVER_KEY,
+            METER_SPOOL_DIR=str(home / "spool"),
+        )
+        server.start()
+        servers.append(server)
+    try:
+        barrier = threading.Barrier(CALLS)
+        results: list[tuple[int, str]] = []
+        lock = threading.Lock()
+
+        def call(i: int) -> None:
+            server = servers[i % len(servers)]
+            barrier.wait(30)
+            r = httpx.post(
+                f"{server.url}/v1/chat/completions",
+                headers={
+                    "Authorization": f"Bearer {key}",
+                    "X-Mock-Behavior": "slow",
+                    "X-Mock-Delay-Ms": "50",
+                },
+                json={**BODY, "messages": [{"role": "user", "content": f"Hello {i:02d}"}]},
+                timeout=60,
+            )
+            with lock:
+                results.append((r.status_code, r.headers.get("x-meter-event-id", "")))
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(CALLS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+    finally:
+        for server in servers:
+            server.stop()  # SIGTERM: each flushes its spool
+    statuses = sorted(s for s, _ in results)
+    admitted = [e for s, e in results if s == 200]
+    assert len(results) == CALLS and set(statuses) <= {200, 402}, statuses
+    events = stored_events(db_url)
+    assert len(events) == len(admitted) == len(mock.requests)
+    spent_units = sum(int(Decimal(e.cost_usd or "0") * 10**12) for e in events)
+    assert spent_units <= limit_units
+    # Each reservation is a worst case, so at least limit // worst case calls fit.
+    assert len(admitted) >= limit_units // WORST_CASE
