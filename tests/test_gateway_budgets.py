@@ -5,6 +5,7 @@ SDKs do not retry, settlement to the exact cost, the roll-up taking over from a 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -281,3 +282,29 @@ def test_concurrent_calls_through_two_servers_never_overshoot(
     assert spent_units <= limit_units
     # Each reservation is a worst case, so at least limit // worst case calls fit.
     assert len(admitted) >= limit_units // WORST_CASE
+
+
+def test_a_cancelled_stream_keeps_its_full_reservation_until_looked_up(
+    gw: GatewayServer, db: Database, db_url: str
+) -> None:
+    budget(db, "10")
+    client = openai.OpenAI(base_url=gw.base_url, api_key=gateway_key(db), max_retries=0)
+    with client.chat.completions.create(
+        model=MODEL,
+        messages=HELLO,
+        max_tokens=50,
+        stream=True,
+        extra_headers={"X-Mock-Behavior": "slow", "X-Mock-Delay-Ms": "100"},
+    ) as stream:
+        for i, _chunk in enumerate(stream):
+            if i == 1:
+                break
+    deadline = time.monotonic() + 10  # liveness bound: the server notices the disconnect
+    while time.monotonic() < deadline and [s for s, _, _ in holds(db)] != ["held"]:
+        time.sleep(0.1)
+    assert holds(db) == [("held", WORST_CASE, WORST_CASE)]
+    gw.flush()
+    [event] = stored_events(db_url)
+    assert (event.status, event.usage_source) == ("cancelled", "estimated")
+    run_rollup(db)  # the estimate is rolled up, and the reservation stays: no lookup yet
+    assert holds(db) == [("held", WORST_CASE, WORST_CASE)]
