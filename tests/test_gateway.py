@@ -354,3 +354,30 @@ def test_client_closing_a_stream_leaves_a_cancelled_estimated_event(
     assert (event.status, event.usage_source) == ("cancelled", "estimated")
     assert event.prompt_tokens > 0 and event.completion_tokens > 0
     assert event.generation_id and event.generation_id.startswith("gen-")
+
+
+def test_the_upstream_key_and_the_clients_key_are_never_stored_or_logged(
+    gw: GatewayServer, db: Database, db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    import sqlalchemy as sa
+
+    caplog.set_level(logging.DEBUG)
+    key = gateway_key(db)
+    client = sdk(gw, key)
+    client.chat.completions.create(model=MODEL, messages=HELLO)
+    with client.chat.completions.create(model=MODEL, messages=HELLO, stream=True) as stream:
+        for _ in stream:
+            pass
+    gw.flush()
+    dumped = []
+    with db.engine.connect() as conn:
+        for table in ("events", "api_keys", "gateway_holds", "budgets"):
+            dumped += [repr(tuple(r)) for r in conn.execute(sa.text(f"SELECT * FROM {table}"))]
+    spooled = b"".join(p.read_bytes() for p in (tmp_path / "spool").rglob("*") if p.is_file())
+    for secret in (SERVER_KEY, key):
+        assert secret not in "\n".join(dumped)
+        assert secret.encode() not in spooled
+        assert secret not in caplog.text
+    assert len(stored_events(db_url)) == 2

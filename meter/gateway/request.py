@@ -7,7 +7,7 @@ errors are InvalidRequest naming the parameter, which the routes answer as OpenA
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -34,6 +34,7 @@ class GatewayRequest:
 
     kind: str  # "chat" or "completions"
     model: str
+    price: Price | None  # in effect when the call came in; None: unpriced
     doc: dict[str, Any] = field(repr=False)  # the client's body, parsed
     content: bytes  # the body to send upstream
     stream: bool
@@ -106,9 +107,10 @@ def _text_only(message: object) -> bool:
     return False
 
 
-def parse_request(kind: str, raw: bytes, context_length: int | None) -> GatewayRequest:
+def parse_request(kind: str, raw: bytes, price_of: Callable[[str], Price | None]) -> GatewayRequest:
     """Check a client's body (InvalidRequest names the parameter); the stream gets
-    `stream_options.include_usage` when the client did not ask for usage itself."""
+    `stream_options.include_usage` when the client did not ask for usage itself. `price_of`
+    gives the model's price in effect now (its context length bounds prompt + max_tokens)."""
     try:
         doc = loads(raw)
     except ValueError:
@@ -130,6 +132,7 @@ def parse_request(kind: str, raw: bytes, context_length: int | None) -> GatewayR
                 "prompt must be a string, a list of strings, or a list of token ids", "prompt"
             )
     assert isinstance(model, str)
+    price = price_of(model)
     check_params({name: doc.get(name) for name in _CHECKED if name in doc})
     n = doc.get("n", 1)
     if n is None:
@@ -148,7 +151,7 @@ def parse_request(kind: str, raw: bytes, context_length: int | None) -> GatewayR
         )
     max_tokens = doc.get("max_tokens") or doc.get("max_completion_tokens")
     if messages is not None:
-        check_context(messages, max_tokens, context_length)
+        check_context(messages, max_tokens, price.context_length if price else None)
     content = raw
     strip = False
     if stream:
@@ -167,6 +170,7 @@ def parse_request(kind: str, raw: bytes, context_length: int | None) -> GatewayR
     return GatewayRequest(
         kind=kind,
         model=model,
+        price=price,
         doc=doc,
         content=content,
         stream=bool(stream),

@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from meter._exceptions import InvalidRequest
+from meter.budgets.repository import BudgetRow
 from meter.client._record import Call
 from meter.db.session import Database
 from meter.gateway.errors import openai_error
@@ -163,39 +164,46 @@ async def completions(request: Request) -> Response:
 
 async def _completions(request: Request, kind: str, path: str) -> Response:
     gateway = gateway_of(request)
-    principal = await anyio.to_thread.run_sync(_authenticate, request, gateway)
-    if isinstance(principal, Response):
-        return principal
     settings = gateway.settings
-    if settings.openrouter_api_key is None:
-        return _upstream_key_missing()
     raw = await request.body()
     occurred_at = datetime.now(UTC)
+    req: GatewayRequest | None = None
+    invalid: InvalidRequest | None = None
     try:
-        model = _model_of(raw)
-        price = gateway.meter.price_at(model, occurred_at) if model else None
-        req = parse_request(kind, raw, price.context_length if price else None)
+        req = parse_request(kind, raw, lambda model: gateway.meter.price_at(model, occurred_at))
+    except InvalidRequest as exc:
+        invalid = exc
+    # One trip to a worker thread for the database: the key, then the budgets covering the
+    # call (a bad key is a 401 before a bad body is a 400).
+    admission = await anyio.to_thread.run_sync(_admission, request, gateway, req)
+    if isinstance(admission, Response):
+        return admission
+    principal, budgets = admission
+    if settings.openrouter_api_key is None:
+        return _upstream_key_missing()
+    try:
+        if invalid is not None:
+            raise invalid
+        assert req is not None
         tags = principal.tags or parse_tags_header(request.headers.get(TAGS_HEADER))
     except InvalidRequest as exc:
         GATEWAY_CALLS.labels("invalid").inc()
         return openai_error(400, str(exc), type="invalid_request_error", param=exc.param)
-    team = principal.team
-    user = principal.user or req.body_user
     call = Call(
         gateway.meter,
         req.model,
-        user,
-        team,
+        principal.user or req.body_user,
+        principal.team,
         tags,
         messages=req.messages,
         prompt=req.prompt,
-        price=price,
+        price=req.price,
         occurred_at=occurred_at,
     )
-    refused = await _reserve(gateway, req, call)
-    if isinstance(refused, Response):
-        return refused
-    recording = Recording(call, refused, gateway.gate)
+    claim = await _reserve(gateway, req, call, budgets)
+    if isinstance(claim, Response):
+        return claim
+    recording = Recording(call, claim, gateway.gate)
     outgoing = gateway.http().build_request(
         "POST",
         settings.upstream_base_url.rstrip("/") + path,
@@ -207,26 +215,33 @@ async def _completions(request: Request, kind: str, path: str) -> Response:
     return await forward_plain(gateway.http(), outgoing, recording)
 
 
-def _model_of(raw: bytes) -> str | None:
-    """The model named in a body, cheaply, to look its price up before the full check."""
-    import json
-
+def _admission(
+    request: Request, gateway: Gateway, req: GatewayRequest | None
+) -> Response | tuple[Principal, list[BudgetRow] | BudgetUnavailable]:
+    """(in a worker thread) The caller's key, then the enforced budgets covering the call."""
+    principal = _authenticate(request, gateway)
+    if isinstance(principal, Response) or req is None:
+        return principal if isinstance(principal, Response) else (principal, [])
     try:
-        doc = json.loads(raw)
-    except ValueError:
-        return None
-    model = doc.get("model") if isinstance(doc, dict) else None
-    return model if isinstance(model, str) and model else None
+        budgets: list[BudgetRow] | BudgetUnavailable = gateway.gate.covering(
+            principal.team, principal.user or req.body_user
+        )
+    except BudgetUnavailable as exc:
+        budgets = exc
+    return principal, budgets
 
 
-async def _reserve(gateway: Gateway, req: GatewayRequest, call: Call) -> Claim | Response | None:
+async def _reserve(
+    gateway: Gateway,
+    req: GatewayRequest,
+    call: Call,
+    budgets: list[BudgetRow] | BudgetUnavailable,
+) -> Claim | Response | None:
     """The call's hold under the enforced budgets covering it: None when none covers it, a
     Response when it is refused (402, 400 unbounded_cost, 503 budget_unavailable)."""
     fail_open = gateway.settings.gateway_fail_open
-    try:
-        budgets = await anyio.to_thread.run_sync(gateway.gate.covering, call.team, call.user)
-    except BudgetUnavailable as exc:
-        return None if fail_open else _budget_unavailable(exc)
+    if isinstance(budgets, BudgetUnavailable):
+        return None if fail_open else _budget_unavailable(budgets)
     if not budgets:
         return None
     param = req.unbounded_param(call.price)
