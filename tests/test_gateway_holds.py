@@ -1,0 +1,183 @@
+"""The gateway's budget holds without HTTP: admission is atomic and exact, expired holds stop
+counting, cut-short calls keep their reservation, and the roll-up takes over settled holds."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from meter.budgets import service
+from meter.budgets.schemas import BudgetCreate
+from meter.db.ledger import insert_events, load_price_book
+from meter.db.session import Database
+from meter.events import EventRecord
+from meter.gateway.holds import BudgetGate, Claim
+from meter.ids import uuid7
+from meter.pricing import SEED_MODEL
+from meter.rollup.engine import run_rollup
+from tests.budget_helpers import loopback_settings
+from tests.gateway_helpers import database_at
+
+W = 1_000_000  # one claim's worst case, in units of 1e-12 USD
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    yield from database_at(db_url)
+
+
+def budget(db: Database, limit_units: int, **fields: Any) -> int:
+    doc: dict[str, Any] = {
+        "scope": "team",
+        "subject": "search",
+        "weekly_limit_usd": str(Decimal(limit_units) / 10**12),
+        "enforce": True,
+        "thresholds": [],
+    }
+    doc.update(fields)
+    with db.engine.begin() as conn:
+        return service.create_budget(
+            conn, BudgetCreate(**doc), loopback_settings(), service.Clock(datetime.now(UTC), db.tz)
+        )
+
+
+def claim(units: int = W, team: str = "search", event_id: uuid.UUID | None = None) -> Claim:
+    return Claim(
+        event_id=event_id or uuid7(),
+        team=team,
+        user="alice",
+        tags=None,
+        model=SEED_MODEL,
+        occurred_at=datetime.now(UTC),
+        worst_case_units=units,
+    )
+
+
+def states(db: Database) -> list[tuple[str, int]]:
+    with db.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT state, amount_units FROM gateway_holds")).all()
+    return sorted((r[0], int(r[1])) for r in rows)
+
+
+def test_admission_is_exact_and_the_refusal_says_why(db: Database) -> None:
+    budget_id = budget(db, 3 * W)
+    gate = BudgetGate(db)
+    budgets = gate.covering("search", "alice")
+    assert [b.id for b in budgets] == [budget_id]
+    assert [gate.admit(claim(), budgets) for _ in range(3)] == [None, None, None]
+    refusal = gate.admit(claim(1), budgets)
+    assert refusal is not None
+    assert (refusal.budget_id, refusal.spend_usd, refusal.reserved_usd, refusal.limit_usd) == (
+        budget_id,
+        Decimal(0),
+        Decimal(3 * W) / 10**12,
+        Decimal(3 * W) / 10**12,
+    )
+    assert gate.covering("other", None) == []
+    gate.close()
+
+
+def test_settled_holds_free_the_difference_and_held_ones_keep_it(db: Database) -> None:
+    budget(db, 3 * W)
+    gate = BudgetGate(db)
+    budgets = gate.covering("search", "alice")
+    first, second, third = claim(), claim(), claim()
+    for c in (first, second, third):
+        assert gate.admit(c, budgets) is None
+    gate.settle(first, W // 4, awaiting_lookup=False)
+    gate.settle(second, W // 4, awaiting_lookup=True)  # cancelled: keeps all of it
+    assert states(db) == sorted([("settled", W // 4), ("held", W), ("open", W)])
+    assert gate.admit(claim(3 * W // 4), budgets) is None  # exactly what the settlement freed
+    assert gate.admit(claim(1), budgets) is not None
+    gate.close()
+
+
+def test_an_expired_open_hold_stops_counting_and_renewal_keeps_it(db: Database) -> None:
+    budget(db, 2 * W)
+    gate = BudgetGate(db)
+    budgets = gate.covering("search", "alice")
+    running, crashed = claim(), claim()
+    assert gate.admit(running, budgets) is None
+    assert gate.admit(crashed, budgets) is None
+    assert gate.admit(claim(1), budgets) is not None
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    with db.engine.begin() as conn:  # both holds' servers stopped renewing a while ago
+        conn.execute(
+            sa.text("UPDATE gateway_holds SET expires_at = :t"), {"t": past.replace(tzinfo=None)}
+        )
+    gate._running = {running.event_id}
+    gate.renew()
+    assert gate.admit(claim(), budgets) is None  # the crashed server's hold lapsed
+    assert gate.admit(claim(1), budgets) is not None  # the renewed one still counts
+    gate.close()
+
+
+def test_the_rollup_takes_over_settled_and_open_holds_of_counted_events(db: Database) -> None:
+    budget(db, 100 * W)
+    gate = BudgetGate(db)
+    budgets = gate.covering("search", "alice")
+    settled, cancelled, crashed = claim(), claim(), claim()
+    for c in (settled, cancelled, crashed):
+        assert gate.admit(c, budgets) is None
+    gate.settle(settled, 990_000, awaiting_lookup=False)
+    gate.settle(cancelled, 500_000, awaiting_lookup=True)
+    events = [
+        EventRecord(
+            id=c.event_id,
+            occurred_at=c.occurred_at,
+            model=SEED_MODEL,
+            prompt_tokens=9,
+            completion_tokens=0,
+            user="alice",
+            team="search",
+            status="ok",
+            usage_source="provider",
+        )
+        for c in (settled, cancelled, crashed)
+    ]
+    with db.engine.begin() as conn:
+        insert_events(conn, events, load_price_book(conn), db.tz)
+    run_rollup(db)
+    assert states(db) == [("held", W)]  # waits for its lookup
+    gate.close()
+
+
+@pytest.mark.parametrize("gates", [2])
+def test_concurrent_admissions_from_two_gates_fill_the_budget_exactly(
+    db: Database, db_url: str, gates: int
+) -> None:
+    """50 threads on two gates (two engines: two servers' pools) against room for exactly 10."""
+    budget(db, 10 * W)
+    engines = [database_at(db_url) for _ in range(gates)]
+    dbs = [next(e) for e in engines]
+    pool = [BudgetGate(d) for d in dbs]
+    budgets = pool[0].covering("search", "alice")
+    barrier = threading.Barrier(50)
+    admitted: list[bool] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        barrier.wait(30)
+        ok = pool[i % gates].admit(claim(), budgets) is None
+        with lock:
+            admitted.append(ok)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(admitted) == 50
+    assert admitted.count(True) == 10
+    assert states(db) == [("open", W)] * 10
+    for g in pool:
+        g.close()
+    for e in engines:
+        next(e, None)
