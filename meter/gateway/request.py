@@ -50,6 +50,13 @@ class GatewayRequest:
         tools and response format a provider also puts in the prompt count the same way."""
         if self.messages is not None:
             bound = messages_upper_bound(self.messages)
+            for message in self.messages:  # tool calls, names...: prompt text too
+                if isinstance(message, Mapping):
+                    bound += sum(
+                        len(json.dumps(v, ensure_ascii=False, default=str).encode())
+                        for k, v in message.items()
+                        if k not in ("role", "content")
+                    )
         else:
             bound = TEMPLATE_BOUND_PER_CHAT + _prompt_bytes(self.prompt)
         for name in _PROMPT_EXTRAS:
