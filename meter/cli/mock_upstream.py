@@ -10,6 +10,7 @@ from meter.mock_upstream import BEHAVIORS, ENV_BEHAVIOR, serve
 _HELP = (
     "Run a local OpenAI-compatible upstream (OpenRouter-flavoured) with realistic usage.\n\n"
     "It answers POST /v1/chat/completions, /chat/completions, /v1/completions and /completions, "
+    "and GET /v1/models (the seed model in OpenRouter's catalogue shape), "
     "streaming or not, with deterministic text and usage counted with the Mistral v1 tokenizer "
     "when mistral-common is installed; usage.cost follows the seed price. Point a client at "
     "base_url=http://127.0.0.1:8001/v1 (any API key). Requests seen: GET /mock/requests.\n\n"
@@ -18,6 +19,7 @@ _HELP = (
     f"{ENV_BEHAVIOR}: "
     "rate_limit (429 + Retry-After; X-Mock-Retry-After sets the seconds), "
     "server_error (500), bad_gateway (502), unavailable (503), bad_request (400), "
+    "payment_required (402), "
     "midstream_error (an error chunk under HTTP 200 after some text), "
     "cut (the connection drops mid-body), no_usage, "
     "usage_in_last_chunk (usage on a chunk that still has choices), "
