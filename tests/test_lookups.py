@@ -14,14 +14,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from typer.testing import CliRunner
 
 from meter import Meter
 from meter.api.app import create_app
+from meter.cli import app as cli
 from meter.db import models
 from meter.db.engine import make_engine
 from meter.db.session import Database
 from meter.mock_upstream import MockUpstream
 from meter.reconcile import run_lookups
+from meter.reconcile.scheduler import LOOKUP_JOB_ID
 from meter.rollup import run_rollup
 from meter.weeks import load_timezone
 from tests.client_helpers import HELLO_COST
@@ -367,3 +370,96 @@ def test_the_ledger_queues_only_estimated_events_with_a_generation_and_a_replay_
     assert store(database, [replay]) == 0
     assert stored_event(db_url, event_id) == reconciled
     assert lookup_row(database, event_id).state == "done"  # type: ignore[union-attr]
+
+
+def test_meter_serve_runs_the_lookups_with_an_upstream_key_only(
+    upstream: tuple[MockUpstream, str],
+    lookup_mock: MockUpstream,
+    meter: Meter,
+    db_url: str,
+    database: Database,
+) -> None:
+    without = lookup_settings(db_url, upstream[1], OPENROUTER_API_KEY="")
+    assert create_app(without, database).state.scheduler.get_job(LOOKUP_JOB_ID) is None
+
+    generation_id = cancelled_stream(upstream[1], meter)
+    event_id = event_id_of(database, generation_id)
+    settings = lookup_settings(
+        db_url, upstream[1], lookup_interval_seconds=0.2, rollup_interval_seconds=3600
+    )
+    api = create_app(settings, database)
+    job = api.state.scheduler.get_job(LOOKUP_JOB_ID)
+    assert job is not None and job.coalesce and job.max_instances == 1
+    with TestClient(api):  # the lifespan starts the scheduler, and stops it at the end
+        deadline = time.monotonic() + 15
+        while lookup_row(database, event_id).state != "done":  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the scheduled lookup never ran"
+            time.sleep(0.1)
+    assert stored_event(db_url, event_id)["usage_source"] == "reconciled"
+    assert api.state.scheduler.meter_lookup_job.runs >= 1
+
+
+def test_meter_reconcile_lookups_runs_every_pending_lookup_now_and_sums_up(
+    upstream: tuple[MockUpstream, str],
+    lookup_mock: MockUpstream,
+    meter: Meter,
+    db_url: str,
+    database: Database,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    found = event_id_of(database, cancelled_stream(upstream[1], meter))
+    waiting = estimated_event(database, "gen-not-yet")
+    expired = estimated_event(
+        database,
+        "gen-gone",
+        occurred_at=datetime.now(UTC) - timedelta(days=2),
+        window=timedelta(days=1),
+    )
+    later = datetime.now(UTC) + timedelta(hours=1)  # every one of them backing off
+    with database.engine.begin() as conn:
+        conn.execute(sa.update(models.GenerationLookup).values(next_attempt_at=later))
+    monkeypatch.setenv("METER_DATABASE_URL", db_url)
+    monkeypatch.setenv("METER_UPSTREAM_BASE_URL", upstream[1])
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-or-cli")
+
+    result = CliRunner().invoke(cli, ["reconcile", "lookups"])
+
+    assert result.exit_code == 0, result.output
+    assert "reconciled 1, still pending 1, unavailable 1" in result.output
+    assert lookup_row(database, found).state == "done"  # type: ignore[union-attr]
+    assert lookup_row(database, waiting).state == "pending"  # type: ignore[union-attr]
+    assert lookup_row(database, expired).state == "unavailable"  # type: ignore[union-attr]
+    assert {r.headers["authorization"] for r in lookup_mock.requests if "generation" in r.path} == {
+        "Bearer sk-or-cli"
+    }
+
+    monkeypatch.delenv("OPENROUTER_API_KEY")
+    refused = CliRunner().invoke(cli, ["reconcile", "lookups"])
+    assert refused.exit_code == 2
+    assert "OPENROUTER_API_KEY" in refused.output
+
+
+def test_events_posted_to_the_api_are_queued_with_the_servers_window(
+    upstream: tuple[MockUpstream, str], lookup_mock: MockUpstream, db_url: str, database: Database
+) -> None:
+    settings = lookup_settings(db_url, upstream[1], lookup_window_seconds=600)
+    occurred = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    body = {
+        "events": [
+            {
+                "id": str(uuid.uuid4()),
+                "occurred_at": occurred.isoformat().replace("+00:00", "Z"),
+                "model": "mistralai/mistral-7b-instruct-v0.1",
+                "prompt_tokens": 9,
+                "completion_tokens": 4,
+                "status": "incomplete",
+                "usage_source": "estimated",
+                "generation_id": "gen-posted",
+            }
+        ]
+    }
+    with TestClient(create_app(settings, database, scheduler=False)) as c:
+        assert c.post("/v1/events", json=body).json() == {"inserted": 1, "duplicates": 0}
+    row = lookup_row(database, uuid.UUID(body["events"][0]["id"]))
+    assert row is not None and row.state == "pending"
+    assert row.deadline_at == occurred + timedelta(seconds=600)
