@@ -131,10 +131,11 @@ def add_hold(db: Database, event_id: uuid.UUID, state: str, amount_units: int) -
         )
 
 
-def hold(db: Database, event_id: uuid.UUID) -> tuple[str, int, datetime | None]:
+def hold(db: Database, event_id: uuid.UUID) -> tuple[str, int, datetime | None] | None:
+    """(state, amount, expiry) of an event's hold; None once the roll-up took it over."""
     h = models.GatewayHold
     with db.engine.connect() as conn:
         row = conn.execute(
             sa.select(h.state, h.amount_units, h.expires_at).where(h.event_id == event_id)
-        ).one()
-    return row.state, int(row.amount_units), row.expires_at
+        ).first()
+    return None if row is None else (row.state, int(row.amount_units), row.expires_at)

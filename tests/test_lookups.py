@@ -122,6 +122,7 @@ def test_a_cancelled_stream_takes_the_providers_figures_and_the_rollup_follows(
     result = run_rollup(database)
     assert result.events_rolled_up == 0  # the same request, counted again with its new figures
     assert rolled_up(database) == expected_totals(database)
+    assert hold(database, event_id) is None  # its exact cost is in the roll-up now, not twice
     with TestClient(
         create_app(lookup_settings(db_url, upstream[1]), database, scheduler=False)
     ) as c:
@@ -189,8 +190,12 @@ def test_a_generation_never_found_is_given_up_after_its_window_and_counted_unava
     after = stored_event(db_url, event_id)
     assert after == before  # left as it was: the estimate, its cost, no estimated_* copy
     assert after["estimated_prompt_tokens"] is None
-    # The hold becomes the estimate's exact cost: 9 x 110,000 + 7 x 190,000 units.
+    # The hold becomes the estimate's exact cost: 9 x 110,000 + 7 x 190,000 units ...
     assert hold(database, event_id) == ("settled", 9 * 110_000 + 7 * 190_000, None)
+    # ... until the roll-up, which counted the event while the hold waited, takes it over.
+    run_rollup(database)
+    assert hold(database, event_id) is None
+    assert rolled_up(database) == expected_totals(database)
     # Given up for good: later runs leave it alone.
     again = run_lookups(database, settings, policy=QUICK, force=True)
     assert (again.reconciled, again.unavailable, again.skipped) == (0, 0, 0)
@@ -219,10 +224,23 @@ def test_only_a_held_hold_is_settled_and_an_unpriced_event_settles_at_zero(
     summary = run_lookups(database, lookup_settings(db_url, upstream[1]), policy=QUICK)
 
     assert (summary.reconciled, summary.unavailable) == (1, 1)
-    assert hold(database, priced)[:2] == ("open", 5)
+    assert hold(database, priced)[:2] == ("open", 5)  # type: ignore[index]
     assert hold(database, unpriced) == ("settled", 0, None)
     unpriced_event = stored_event(db_url, unpriced)
     assert unpriced_event["input_cost_units"] is None  # unpriced stays unpriced, never $0
+
+
+def test_an_empty_generation_id_is_given_up_at_once_without_asking(
+    upstream: tuple[MockUpstream, str], lookup_mock: MockUpstream, db_url: str, database: Database
+) -> None:
+    event_id = estimated_event(database, "")  # the gateway holds such a call's budget too
+    add_hold(database, event_id, "held", amount_units=10**9)
+
+    summary = run_lookups(database, lookup_settings(db_url, upstream[1]), policy=QUICK)
+
+    assert (summary.unavailable, summary.pending) == (1, 0)
+    assert lookups_seen(lookup_mock) == []
+    assert hold(database, event_id) == ("settled", 9 * 110_000 + 7 * 190_000, None)
 
 
 def test_a_reconciled_unpriced_event_stays_unpriced_with_the_providers_tokens(

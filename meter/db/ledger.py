@@ -213,7 +213,7 @@ def insert_events(
         seen.add(event.id)
         rows.append(_row(event, book, weeks, seconds, received))
         # One comparison for the common `provider` event; the rare estimated one is queued.
-        if event.usage_source == "estimated" and event.generation_id:
+        if event.usage_source == "estimated" and event.generation_id is not None:
             lookups.append(event)
     if sqlite:
         inserted = _insert_sqlite(conn, rows)

@@ -9,7 +9,8 @@ is recomputed at the price version it already has, the estimate moves to `estima
 group is marked dirty, and a gateway budget hold still `held` for it is settled at the new exact
 cost (`repository.settle_gateway_hold`). A 404 (or any other failure) is retried with backoff
 until the lookup's deadline, `METER_LOOKUP_WINDOW_SECONDS` after the event; then the event is left
-as it was, its hold settled at the estimate's cost, and the lookup counted `unavailable`.
+as it was, its hold settled at the estimate's cost (its group marked, so the roll-up takes the
+settled hold over), and the lookup counted `unavailable`.
 
 How lookups are queued: by the ledger (`meter.db.ledger.insert_events`), in the transaction that
 stores the event, as a `generation_lookups` row. Every way in (the client's drain, `POST
@@ -27,10 +28,13 @@ ran out and was taken over is written once. At most METER_LOOKUP_RPS lookups a s
 process (pacing between requests); a 429 pauses it (Retry-After, else doubling), and after a
 few 429s in a row the run stops and leaves the rest due.
 
-Lock order in the reconciling transaction (PostgreSQL): the roll-up mark first, holding nothing
-else (the ledger's `mark_dirty`, in MARK_ORDER), then the lookup row, the event, the hold. The
-roll-up takes marks before anything else too, and a writer never waits for us while holding a
-mark we want (it takes its marks last), so no cycle can form.
+Lock order in the reconciling (or giving-up) transaction on PostgreSQL: the event's roll-up mark
+first (the ledger's `mark_dirty`), while holding nothing, then the lookup row, the event, the
+hold. Waiting for the mark, we hold nothing anyone waits for. Holding it, we wait only for rows
+no mark holder keeps from us: a roll-up chunk takes its marks before it deletes holds, and only
+`open` or `settled` ones (ours is `held` until we commit); a writer replaying the event or its
+lookup waits for our rows with `ON CONFLICT DO NOTHING` but locks none of them; the gateway is
+done with a hold before its event is stored. So no cycle can form.
 """
 
 from __future__ import annotations
@@ -217,6 +221,9 @@ class _Run:
         if claim is None:
             self.summary.skipped += 1
             return True
+        if not claim.generation_id:  # nothing to ask about: the estimate is all there is
+            self._record(claim, Answer(error="empty generation id"), final=True)
+            return True
         while True:
             answer = fetch_generation(self.client, self.base_url, claim.generation_id)
             if not answer.rate_limited:
@@ -238,12 +245,12 @@ class _Run:
             log.info("generation lookup of event %s was taken over; its result dropped", event_id)
         return True
 
-    def _record(self, claim: repo.Claim, answer: Answer) -> None:
+    def _record(self, claim: repo.Claim, answer: Answer, final: bool = False) -> None:
         now = self.clock()
         with self.db.engine.begin() as conn:
             if answer.generation is not None:
                 outcome = _reconcile(conn, claim, answer.generation)
-            elif now >= claim.deadline_at:
+            elif final or now >= claim.deadline_at:
                 outcome = _give_up(conn, claim, answer.error or "not found")
             else:
                 at = min(now + self.policy.retry_delay(claim.attempts + 1), claim.deadline_at)
@@ -257,13 +264,12 @@ class _Run:
 def _reconcile(conn: Connection, claim: repo.Claim, generation: Generation) -> str:
     facts = repo.event_facts(conn, claim.event_id)
     if facts is None:  # gone (deleted with its user): nothing left to correct
-        return _give_up(conn, claim, "the event no longer exists", settle=False)
+        return _give_up(conn, claim, "the event no longer exists")
     if facts.usage_source != "estimated":  # corrected already, or never an estimate
         if not repo.finish(conn, claim, "done", None):
             raise _LeaseLost
         return "skipped"
-    # The mark first, while holding no other lock (see the module docstring).
-    mark_dirty(conn, [(facts.week_start, facts.team, facts.user, facts.model)])
+    _mark(conn, facts)
     if not repo.finish(conn, claim, "done", None):
         raise _LeaseLost
     price = repo.price_version(conn, facts.price_id) if facts.price_id is not None else None
@@ -275,13 +281,16 @@ def _reconcile(conn: Connection, claim: repo.Claim, generation: Generation) -> s
     return "reconciled"
 
 
-def _give_up(conn: Connection, claim: repo.Claim, reason: str, settle: bool = True) -> str:
-    """Leave the event as it is; its hold becomes the estimate's cost."""
+def _give_up(conn: Connection, claim: repo.Claim, reason: str) -> str:
+    """Leave the event as it is; its hold becomes the estimate's cost, and its group is marked:
+    the roll-up chunk that counts it takes a settled hold over (drop_counted_holds), and one that
+    already counted the event while its hold was `held` would otherwise not come back to it."""
+    facts = repo.event_facts(conn, claim.event_id)
+    if facts is not None:
+        _mark(conn, facts)
     if not repo.finish(conn, claim, "unavailable", reason):
         raise _LeaseLost
-    if settle:
-        facts = repo.event_facts(conn, claim.event_id)
-        repo.settle_gateway_hold(conn, claim.event_id, facts.cost_units if facts else 0)
+    repo.settle_gateway_hold(conn, claim.event_id, facts.cost_units if facts else 0)
     log.info(
         "generation %s of event %s unavailable after %d attempts: %s",
         claim.generation_id,
@@ -290,6 +299,11 @@ def _give_up(conn: Connection, claim: repo.Claim, reason: str, settle: bool = Tr
         reason,
     )
     return "unavailable"
+
+
+def _mark(conn: Connection, facts: repo.EventFacts) -> None:
+    """The event's roll-up group, marked first, while holding no other lock (module docstring)."""
+    mark_dirty(conn, [(facts.week_start, facts.team, facts.user, facts.model)])
 
 
 def _count(outcome: str) -> None:
