@@ -10,7 +10,9 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import openai
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
@@ -27,7 +29,8 @@ from meter.reconcile import run_lookups
 from meter.reconcile.scheduler import LOOKUP_JOB_ID
 from meter.rollup import run_rollup
 from meter.weeks import load_timezone
-from tests.client_helpers import HELLO_COST
+from tests.client_helpers import HELLO, HELLO_COST, MODEL, stored_events
+from tests.gateway_helpers import GatewayServer, gateway_key, gateway_settings
 from tests.lookup_helpers import (
     QUICK,
     add_hold,
@@ -38,6 +41,7 @@ from tests.lookup_helpers import (
     lookup_settings,
     stored_event,
 )
+from tests.test_gateway_budgets import WORST_CASE, budget
 from tests.test_rollup_helpers import expected_totals, rolled_up, store
 
 # What the mock bills for HELLO in full: 9 prompt and 51 completion tokens at the seed price.
@@ -481,3 +485,58 @@ def test_events_posted_to_the_api_are_queued_with_the_servers_window(
     row = lookup_row(database, uuid.UUID(body["events"][0]["id"]))
     assert row is not None and row.state == "pending"
     assert row.deadline_at == occurred + timedelta(seconds=600)
+
+
+def test_a_stream_cancelled_through_the_gateway_holds_its_worst_case_until_the_lookup_settles(
+    upstream: tuple[MockUpstream, str],
+    lookup_mock: MockUpstream,
+    db_url: str,
+    database: Database,
+    tmp_path: Path,
+) -> None:
+    settings = gateway_settings(db_url, upstream[1], tmp_path / "gateway-spool")
+    budget(database, "1")  # an enforced team budget: each call reserves its worst case
+    server = GatewayServer(settings, database)
+    try:
+        client = openai.OpenAI(
+            base_url=server.base_url, api_key=gateway_key(database), max_retries=0
+        )
+        with client.chat.completions.create(
+            model=MODEL,
+            messages=HELLO,  # type: ignore[arg-type]
+            max_tokens=50,
+            stream=True,
+            extra_headers={"X-Mock-Behavior": "slow", "X-Mock-Delay-Ms": "100"},
+        ) as stream:
+            for i, _chunk in enumerate(stream):
+                if i == 1:
+                    break
+        deadline = time.monotonic() + 10  # the server notices the disconnect
+        while not (stored := stored_events(db_url)):
+            assert time.monotonic() < deadline, "the cancelled call was never stored"
+            server.flush()
+            time.sleep(0.1)
+    finally:
+        server.stop()
+    [event] = stored
+    assert (event.status, event.usage_source) == ("cancelled", "estimated")
+    event_id = event_id_of(database, str(event.generation_id))
+    assert hold(database, event_id) == ("held", WORST_CASE, None)
+    run_rollup(database)
+    assert hold(database, event_id) == ("held", WORST_CASE, None)  # waits for the truth
+
+    summary = run_lookups(database, settings, policy=QUICK)
+
+    billed = lookup_mock.generations[str(event.generation_id)]  # what the mock generated
+    exact = billed.prompt_tokens * 110_000 + billed.completion_tokens * 190_000
+    assert summary.reconciled == 1 and exact < WORST_CASE
+    after = stored_event(db_url, event_id)
+    assert (after["prompt_tokens"], after["completion_tokens"]) == (
+        billed.prompt_tokens,
+        billed.completion_tokens,
+    )
+    assert after["input_cost_units"] + after["output_cost_units"] == exact
+    assert hold(database, event_id) == ("settled", exact, None)
+    run_rollup(database)
+    assert hold(database, event_id) is None
+    assert rolled_up(database) == expected_totals(database)
