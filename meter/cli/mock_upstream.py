@@ -18,6 +18,7 @@ _HELP = (
     f"{ENV_BEHAVIOR}: "
     "rate_limit (429 + Retry-After; X-Mock-Retry-After sets the seconds), "
     "server_error (500), bad_gateway (502), unavailable (503), bad_request (400), "
+    "payment_required (402), "
     "midstream_error (an error chunk under HTTP 200 after some text), "
     "cut (the connection drops mid-body), no_usage, "
     "usage_in_last_chunk (usage on a chunk that still has choices), "
