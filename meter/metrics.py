@@ -37,6 +37,12 @@ RESERVATION_EXCEEDED = Counter(
     "meter_reservation_exceeded",
     "Gateway calls whose exact cost came out above the worst case reserved for them.",
 )
+GENERATION_LOOKUPS = Counter(
+    "meter_generation_lookups",
+    "Generation lookups of this process by outcome: reconciled, retried (not found yet or "
+    "failed), unavailable (given up at the deadline), skipped, rate_limited (429 answers).",
+    ["outcome"],
+)
 SPOOL_DEPTH = Gauge(
     "meter_spool_depth_bytes",
     "Bytes waiting in this machine's spool directory (METER_SPOOL_DIR), measured at scrape.",

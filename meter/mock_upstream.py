@@ -31,6 +31,14 @@ environment variable `METER_MOCK_BEHAVIOR` / `meter mock-upstream --behavior`), 
 answers normally: what a retry test needs. `X-Mock-Cached-Tokens` / `X-Mock-Reasoning-Tokens`
 set those usage details. Every request seen is kept (`MockUpstream.requests`,
 `GET /mock/requests`; `DELETE /mock/requests` forgets them).
+
+`GET /v1/generation?id=` (and `/generation`) answers like OpenRouter's generation lookup: every
+completion served is recorded under its response `id`, in full even when the stream was aborted,
+cut or ended by an error (providers bill the whole completion), and is 404 for
+`generation_delay` seconds after it was served (`--generation-delay`, environment
+`METER_MOCK_GENERATION_DELAY`, default 0), then `{"data": {...}}` with its native counts and a
+`total_cost` equal to its `usage.cost`; unknown ids are 404 forever. The status misbehaviours
+(`rate_limit`, `server_error`, ...) of the default behaviour apply to it too.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ import threading
 import time
 import uuid
 import zlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,6 +97,9 @@ _STATUS = {
     "payment_required": 402,
 }
 ENV_BEHAVIOR = "METER_MOCK_BEHAVIOR"
+ENV_GENERATION_DELAY = "METER_MOCK_GENERATION_DELAY"
+# Generations kept for lookups; the oldest are forgotten beyond this (a long demo run).
+MAX_GENERATIONS = 100_000
 PROCESSING_COMMENT = b": OPENROUTER PROCESSING\n\n"
 
 SENTENCES = (
@@ -118,6 +130,23 @@ class SeenRequest:
     path: str
     headers: dict[str, str]
     body: Any
+    at: float = 0.0  # time.monotonic() when it arrived
+    query: str = ""
+
+
+@dataclass(frozen=True)
+class ServedGeneration:
+    """A completion as the provider bills it: the whole reply, whatever the client received."""
+
+    id: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    finish_reason: str
+    streamed: bool
+    served_at: float  # time.monotonic()
 
 
 @dataclass
@@ -161,9 +190,14 @@ def reply_for(body: dict[str, Any]) -> Reply:
     return Reply(pieces, finish, prompt_tokens, count_text("".join(pieces)))
 
 
+def _cost_text(prompt_tokens: int, completion_tokens: int) -> str:
+    """The seed price's exact cost, as the text of a JSON number."""
+    return render_usd(cost_of(SEED_PRICE, prompt_tokens, completion_tokens).total_units) or "0"
+
+
 def _usage_json(reply: Reply, cached: int, reasoning: int, malformed: bool) -> str:
     """The usage object as JSON text: `cost` is written as an exact decimal number."""
-    cost = render_usd(cost_of(SEED_PRICE, reply.prompt_tokens, reply.completion_tokens).total_units)
+    cost = _cost_text(reply.prompt_tokens, reply.completion_tokens)
     prompt: Any = -reply.prompt_tokens if malformed else reply.prompt_tokens
     completion: Any = "many" if malformed else reply.completion_tokens
     doc = {
@@ -175,7 +209,30 @@ def _usage_json(reply: Reply, cached: int, reasoning: int, malformed: bool) -> s
         "prompt_tokens_details": {"cached_tokens": cached},
         "completion_tokens_details": {"reasoning_tokens": reasoning},
     }
-    return json.dumps(doc, separators=(",", ":")).replace('"__COST__"', cost or "0")
+    return json.dumps(doc, separators=(",", ":")).replace('"__COST__"', cost)
+
+
+def generation_json(generation: ServedGeneration) -> str:
+    """OpenRouter's generation document; `total_cost` is the same number as `usage.cost`."""
+    prompt, completion = generation.prompt_tokens, generation.completion_tokens
+    data = {
+        "id": generation.id,
+        "model": generation.model,
+        "provider_name": "Mock",
+        "streamed": generation.streamed,
+        "finish_reason": generation.finish_reason,
+        "tokens_prompt": prompt,
+        "tokens_completion": completion,
+        "native_tokens_prompt": prompt,
+        "native_tokens_completion": completion,
+        "native_tokens_reasoning": generation.reasoning_tokens,
+        "native_tokens_cached": generation.cached_tokens,
+        "total_cost": "__COST__",
+        "usage": "__COST__",
+        "is_byok": False,
+    }
+    text = json.dumps({"data": data}, separators=(",", ":"))
+    return text.replace('"__COST__"', _cost_text(prompt, completion))
 
 
 @dataclass
@@ -200,15 +257,22 @@ class MockUpstream:
     """The mock's state and its ASGI app. `default_behavior` applies when a request names none."""
 
     default_behavior: str | None = None
+    generation_delay: float | None = None  # seconds a generation stays 404 after it was served
     requests: list[SeenRequest] = field(default_factory=list)
+    generations: OrderedDict[str, ServedGeneration] = field(default_factory=OrderedDict)
     _attempts: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         if self.default_behavior is None:
             self.default_behavior = os.environ.get(ENV_BEHAVIOR) or None
+        if self.generation_delay is None:
+            self.generation_delay = float(os.environ.get(ENV_GENERATION_DELAY) or 0)
         paths = ("/v1/chat/completions", "/chat/completions", "/v1/completions", "/completions")
         routes = [Route(p, self._complete, methods=["POST"]) for p in paths]
+        routes.extend(
+            Route(p, self._generation, methods=["GET"]) for p in ("/v1/generation", "/generation")
+        )
         routes.append(Route("/mock/requests", self._requests, methods=["GET", "DELETE"]))
         routes += [Route(p, self._models, methods=["GET"]) for p in ("/v1/models", "/models")]
         self.app = Starlette(routes=routes)
@@ -221,16 +285,27 @@ class MockUpstream:
 
     # -- what a test inspects --------------------------------------------------------------
     def reset(self) -> None:
+        """Forget the requests seen (generations served stay: they can still be looked up)."""
         with self._lock:
             self.requests.clear()
             self._attempts.clear()
+
+    def _seen(self, request: Request, body: Any) -> None:
+        seen = SeenRequest(
+            request.url.path, dict(request.headers), body, time.monotonic(), request.url.query
+        )
+        with self._lock:
+            self.requests.append(seen)
 
     async def _requests(self, request: Request) -> Response:
         if request.method == "DELETE":
             self.reset()
             return Response(status_code=204)
         with self._lock:
-            seen = [{"path": r.path, "headers": r.headers, "body": r.body} for r in self.requests]
+            seen = [
+                {"path": r.path, "query": r.query, "headers": r.headers, "body": r.body, "at": r.at}
+                for r in self.requests
+            ]
         return JSONResponse({"requests": seen})
 
     # -- answering ---------------------------------------------------------------------------
@@ -266,25 +341,67 @@ class MockUpstream:
             body = json.loads(raw)
         except ValueError:
             body = None
-        with self._lock:
-            self.requests.append(SeenRequest(request.url.path, dict(request.headers), body))
+        self._seen(request, body)
         if not isinstance(body, dict) or not isinstance(body.get("model"), str):
             return _error(400, "the body must be a JSON object with a model")
         plan = self._plan(request, raw)
-        for name, status in _STATUS.items():
-            if name in plan.behaviors:
-                wait = plan.retry_after or ("1" if status == 429 else None)
-                headers = {"Retry-After": wait} if wait and status in (429, 502, 503) else None
-                return _error(status, f"mock {name}", headers)
+        refusal = _refusal(plan)
+        if refusal is not None:
+            return refusal
         if "slow" in plan.behaviors:
             await asyncio.sleep(plan.delay)
         chat = request.url.path.endswith("/chat/completions")
         reply = reply_for(body)
-        if body.get("stream") is True:
+        head = _ids(body, chat)
+        stream = body.get("stream") is True
+        self._served(head["id"], body["model"], reply, plan, stream)
+        if stream:
             return StreamingResponse(
-                _stream(body, reply, plan, chat), media_type="text/event-stream"
+                _stream(head, body, reply, plan, chat), media_type="text/event-stream"
             )
-        return _complete_body(body, reply, plan, chat)
+        return _complete_body(head, reply, plan, chat)
+
+    def _served(self, gen_id: str, model: str, reply: Reply, plan: _Plan, stream: bool) -> None:
+        generation = ServedGeneration(
+            gen_id,
+            model,
+            reply.prompt_tokens,
+            reply.completion_tokens,
+            plan.cached,
+            plan.reasoning,
+            reply.finish_reason,
+            stream,
+            time.monotonic(),
+        )
+        with self._lock:
+            self.generations[gen_id] = generation
+            while len(self.generations) > MAX_GENERATIONS:
+                self.generations.popitem(last=False)
+
+    async def _generation(self, request: Request) -> Response:
+        self._seen(request, None)
+        refusal = _refusal(self._plan(request, b""))
+        if refusal is not None:
+            return refusal
+        gen_id = request.query_params.get("id")
+        if not gen_id:
+            return _error(400, "the query parameter id is required")
+        with self._lock:
+            generation = self.generations.get(gen_id)
+        delay = self.generation_delay or 0.0
+        if generation is None or time.monotonic() < generation.served_at + delay:
+            return _error(404, f"Generation {gen_id} not found")
+        return Response(generation_json(generation), media_type="application/json")
+
+
+def _refusal(plan: _Plan) -> Response | None:
+    """The error answer a status misbehaviour asks for, if any."""
+    for name, status in _STATUS.items():
+        if name in plan.behaviors:
+            wait = plan.retry_after or ("1" if status == 429 else None)
+            headers = {"Retry-After": wait} if wait and status in (429, 502, 503) else None
+            return _error(status, f"mock {name}", headers)
+    return None
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -301,9 +418,8 @@ def _ids(body: dict[str, Any], chat: bool) -> dict[str, Any]:
     }
 
 
-def _complete_body(body: dict[str, Any], reply: Reply, plan: _Plan, chat: bool) -> Response:
+def _complete_body(head: dict[str, Any], reply: Reply, plan: _Plan, chat: bool) -> Response:
     b = plan.behaviors
-    head = _ids(body, chat)
     if "midstream_error" in b:
         error = {"code": 502, "message": "mock: provider returned an error mid-generation"}
         return JSONResponse({**head, "error": error})
@@ -336,11 +452,10 @@ async def _cut_body(data: bytes) -> AsyncIterator[bytes]:
 
 
 async def _stream(
-    body: dict[str, Any], reply: Reply, plan: _Plan, chat: bool
+    head: dict[str, Any], body: dict[str, Any], reply: Reply, plan: _Plan, chat: bool
 ) -> AsyncIterator[bytes]:
     b = plan.behaviors
-    head = _ids(body, chat)
-    head["object"] = "chat.completion.chunk" if chat else "text_completion"
+    head = {**head, "object": "chat.completion.chunk" if chat else "text_completion"}
     options = body.get("stream_options")
     wants_usage = isinstance(options, dict) and options.get("include_usage") is True
     wants_usage = wants_usage and "no_usage" not in b
@@ -418,10 +533,15 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(host: str = "127.0.0.1", port: int = 8001, behavior: str | None = None) -> None:
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8001,
+    behavior: str | None = None,
+    generation_delay: float | None = None,
+) -> None:
     """Run in the foreground until interrupted (`meter mock-upstream`)."""
     _quiet_cuts()
-    mock = MockUpstream(behavior)
+    mock = MockUpstream(behavior, generation_delay)
     sock = _listen(host, port)
     config = uvicorn.Config(mock.app, log_level="warning", lifespan="off")
     try:

@@ -12,6 +12,8 @@ from meter.weeks import load_timezone
 
 DEFAULT_DATABASE_URL = "sqlite:///./meter.db"
 DEFAULT_UPSTREAM_BASE_URL = "https://openrouter.ai/api/v1"
+# How long after an estimated call its generation is looked for (SPEC section 9).
+DEFAULT_LOOKUP_WINDOW_SECONDS = 86_400.0
 
 
 def default_spool_dir() -> Path:
@@ -39,6 +41,12 @@ class Settings(BaseSettings):
     gateway_max_connections: int = Field(default=1000, gt=0)  # upstream pool: streams at once
     webhook_allow_private: bool = False
     webhook_allow_hosts: str | None = None
+    # Generation lookups (meter.reconcile): the window after an estimated event in which its
+    # provider figures are looked for, the rate of lookups of each process, and how often the
+    # job of `meter serve` looks for lookups that are due.
+    lookup_window_seconds: float = Field(default=DEFAULT_LOOKUP_WINDOW_SECONDS, gt=0)
+    lookup_rps: float = Field(default=2.0, gt=0)
+    lookup_interval_seconds: float = Field(default=15.0, gt=0)
 
     @field_validator("timezone")
     @classmethod

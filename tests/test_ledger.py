@@ -236,3 +236,44 @@ def test_every_text_field_is_stored_verbatim(
     assert (row.latency_ms, row.ttft_ms, row.cached_tokens) == (micros, None, None)
     assert (other.user, other.team, other.tags, other.generation_id) == ("", "", None, None)
     assert other.occurred_at == when
+
+
+def test_estimated_events_with_a_generation_id_are_queued_for_a_lookup_in_the_same_batch(
+    db: Database,
+):
+    occurred = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+    received = datetime(2026, 11, 24, 12, 0, 3, tzinfo=UTC)
+    cancelled = event(status="cancelled", usage_source="estimated", generation_id="gen-a")
+    cut = event(status="incomplete", usage_source="estimated", generation_id="gen-b")
+    quiet = [
+        event(generation_id="gen-ok"),  # provider usage: nothing to look up
+        event(status="cancelled", usage_source="estimated"),  # no generation to ask about
+        event(status="error", usage_source="none", generation_id="gen-e", prompt_tokens=0),
+    ]
+    with db.engine.begin() as conn:
+        insert_events(
+            conn,
+            [cancelled, *quiet, cut, cancelled],  # a repeated id is queued once
+            load_price_book(conn),
+            db.tz,
+            received_at=received,
+            lookup_window=timedelta(minutes=10),
+        )
+        # A replay of a stored event changes nothing, not even a lookup's state.
+        conn.execute(
+            sa.update(models.GenerationLookup)
+            .where(models.GenerationLookup.event_id == cut.id)
+            .values(state="done", attempts=3)
+        )
+        insert_events(conn, [cut], load_price_book(conn), db.tz)
+    g = models.GenerationLookup
+    with db.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(
+                g.event_id, g.generation_id, g.state, g.attempts, g.next_attempt_at, g.deadline_at
+            ).order_by(g.generation_id)
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        (cancelled.id, "gen-a", "pending", 0, received, occurred + timedelta(minutes=10)),
+        (cut.id, "gen-b", "done", 3, received, occurred + timedelta(minutes=10)),
+    ]

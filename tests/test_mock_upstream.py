@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 
 import httpx
 import pytest
@@ -198,6 +199,105 @@ def test_the_command_serves_on_the_given_port() -> None:
             except httpx.TransportError:
                 time.sleep(0.1)
         assert doc is not None and doc["usage"]["completion_tokens"] == 51
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+# -- generation lookups ------------------------------------------------------------------------
+
+
+def generation(http: httpx.Client, gen_id: str) -> httpx.Response:
+    return http.get("/generation", params={"id": gen_id})
+
+
+def test_a_served_completion_can_be_looked_up_with_its_cost_as_billed(
+    upstream: tuple[MockUpstream, str], http: httpx.Client
+) -> None:
+    upstream[0].generation_delay = 0
+    r = http.post("/chat/completions", json={"model": MODEL, "messages": HELLO})
+    completion = json.loads(r.content, parse_float=Decimal)
+    found = generation(http, completion["id"])
+    assert found.status_code == 200
+    data = json.loads(found.content, parse_float=Decimal)["data"]
+    assert data["id"] == completion["id"] and data["model"] == MODEL
+    assert (data["native_tokens_prompt"], data["native_tokens_completion"]) == (9, 51)
+    assert data["total_cost"] == completion["usage"]["cost"] == Decimal(HELLO_COST)
+    assert b'"total_cost":' + HELLO_COST.encode() + b"," in found.content  # an exact number
+    assert generation(http, "gen-never-served").status_code == 404
+    assert http.get("/generation").status_code == 400
+
+
+def first_chunk_id(http: httpx.Client, body: dict[str, object], behavior: str = "") -> str:
+    """Read a stream's first chunk, then hang up: the client aborts the rest."""
+    headers = {"X-Mock-Behavior": behavior} if behavior else {}
+    with http.stream("POST", "/chat/completions", json=body, headers=headers) as r:
+        first = next(line for line in r.iter_lines() if line.startswith("data:"))
+    return str(json.loads(first[5:])["id"])
+
+
+@pytest.mark.parametrize("behavior", ["", "cut", "midstream_error"])
+def test_an_aborted_cut_or_failed_stream_is_recorded_as_the_whole_completion(
+    upstream: tuple[MockUpstream, str], http: httpx.Client, behavior: str
+) -> None:
+    upstream[0].generation_delay = 0
+    gen_id = first_chunk_id(http, {"model": MODEL, "messages": HELLO, "stream": True}, behavior)
+    data = json.loads(generation(http, gen_id).content, parse_float=Decimal)["data"]
+    assert (data["native_tokens_prompt"], data["native_tokens_completion"]) == (9, 51)
+    assert data["total_cost"] == Decimal(HELLO_COST) and data["streamed"] is True
+
+
+def test_a_generation_is_404_for_the_configured_delay_after_it_was_served(
+    upstream: tuple[MockUpstream, str], http: httpx.Client
+) -> None:
+    upstream[0].generation_delay = 0.5
+    try:
+        gen_id = http.post("/chat/completions", json={"model": MODEL, "messages": HELLO}).json()[
+            "id"
+        ]
+        assert generation(http, gen_id).status_code == 404
+        time.sleep(0.6)
+        assert generation(http, gen_id).status_code == 200
+    finally:
+        upstream[0].generation_delay = 0
+
+
+def test_the_command_takes_a_generation_delay() -> None:
+    result = CliRunner().invoke(app, ["mock-upstream", "--help"], terminal_width=200)
+    assert "--generation-delay" in result.output and "METER_MOCK_GENERATION_DELAY" in result.output
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from meter.cli import main; main()",
+            "mock-upstream",
+            "--port",
+            str(port),
+            "--generation-delay",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        doc = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and doc is None:  # bounded in time
+            try:
+                doc = httpx.post(
+                    base + "/chat/completions", json={"model": MODEL, "messages": HELLO}, timeout=2
+                ).json()
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert doc is not None
+        statuses = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and 200 not in statuses:
+            statuses.append(httpx.get(base + "/generation", params={"id": doc["id"]}).status_code)
+            time.sleep(0.2)
+        assert statuses[0] == 404 and statuses[-1] == 200
     finally:
         proc.terminate()
         proc.wait(timeout=10)

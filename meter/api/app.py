@@ -29,6 +29,7 @@ from meter.api.routes import (
 from meter.budgets.delivery import DeliveryWorker
 from meter.db.session import Database
 from meter.gateway import routes as gateway
+from meter.reconcile.scheduler import add_lookup_job
 from meter.rollup.scheduler import build_scheduler, start_scheduler, stop_scheduler
 from meter.settings import Settings
 
@@ -81,6 +82,7 @@ def create_app(
     app.state.db = db
     app.state.run_scheduler = scheduler
     app.state.scheduler = build_scheduler(db, settings.rollup_interval_seconds)
+    add_lookup_job(app.state.scheduler, db, settings)  # only with OPENROUTER_API_KEY
 
     install_error_handlers(app, gateway.GATEWAY_PATHS, settings.gateway_max_body_bytes)
 

@@ -9,6 +9,7 @@ from meter.cli import (  # noqa: F401  (each registers its commands)
     keys,
     mock_upstream,
     prices,
+    reconcile,
     report,
     rollup,
     serve,

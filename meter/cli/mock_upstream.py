@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from meter.cli._app import app, console, fail
-from meter.mock_upstream import BEHAVIORS, ENV_BEHAVIOR, serve
+from meter.mock_upstream import BEHAVIORS, ENV_BEHAVIOR, ENV_GENERATION_DELAY, serve
 
 _HELP = (
     "Run a local OpenAI-compatible upstream (OpenRouter-flavoured) with realistic usage.\n\n"
@@ -25,7 +25,11 @@ _HELP = (
     "usage_in_last_chunk (usage on a chunk that still has choices), "
     "whitespace (blank lines before a JSON body), slow (X-Mock-Delay-Ms between chunks), "
     "fragmented (CRLF, data: without a space, a few bytes per write), "
-    "malformed_usage, not_utf8, truncated (JSON cut in half)."
+    "malformed_usage, not_utf8, truncated (JSON cut in half).\n\n"
+    "GET /v1/generation?id=GEN answers like OpenRouter's generation lookup for every completion "
+    "it served (id = the response id; streams the client aborted count in full): 404 for "
+    "--generation-delay seconds after it was served, then its native token counts and "
+    "total_cost (the same as its usage.cost); unknown ids stay 404."
 )
 
 
@@ -35,6 +39,13 @@ def mock_upstream(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     behavior: str | None = typer.Option(
         None, help=f"Misbehave on every request (default: ${ENV_BEHAVIOR}); see above."
+    ),
+    generation_delay: float | None = typer.Option(
+        None,
+        min=0,
+        envvar=ENV_GENERATION_DELAY,
+        help="Seconds a generation answers 404 after it was served (default 0), as "
+        "OpenRouter's lookups do.",
     ),
 ) -> None:
     if behavior:
@@ -46,7 +57,9 @@ def mock_upstream(
         if unknown:
             raise fail(f"unknown behavior {', '.join(unknown)}; known: {', '.join(BEHAVIORS)}")
     console.print(
-        f"mock upstream on http://{host}:{port}/v1 (behavior: {behavior or 'normal'})",
+        f"mock upstream on http://{host}:{port}/v1 (behavior: {behavior or 'normal'}"
+        + (f", generations found {generation_delay:g} s after" if generation_delay else "")
+        + ")",
         highlight=False,
     )
-    serve(host, port, behavior)
+    serve(host, port, behavior, generation_delay)

@@ -2,7 +2,9 @@
 
 Both the recorder (client side) and `POST /v1/events` store through `insert_events`. The caller
 owns the transaction. In that same transaction every touched (week, team, user, model) group is
-marked dirty, so the roll-up finds it whatever order concurrent transactions commit in.
+marked dirty, so the roll-up finds it whatever order concurrent transactions commit in, and every
+event whose usage is estimated but names a generation gets its `generation_lookups` row, so the
+provider's own figures are looked up later (meter.reconcile), again whatever the commit order.
 """
 
 from __future__ import annotations
@@ -17,13 +19,18 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Connection
 
 from meter.db import models
 from meter.events import EventRecord
 from meter.money import provider_cost_to_units
 from meter.pricing import Price, PriceBook
+from meter.settings import DEFAULT_LOOKUP_WINDOW_SECONDS
 from meter.weeks import week_of
+
+DEFAULT_LOOKUP_WINDOW = timedelta(seconds=DEFAULT_LOOKUP_WINDOW_SECONDS)
 
 EVENT_COLUMNS = (
     "id",
@@ -183,8 +190,13 @@ def insert_events(
     book: PriceBook,
     tz: ZoneInfo,
     received_at: datetime | None = None,
+    lookup_window: timedelta = DEFAULT_LOOKUP_WINDOW,
 ) -> InsertResult:
-    """Insert new events, ignore ids already stored (or repeated in the batch)."""
+    """Insert new events, ignore ids already stored (or repeated in the batch).
+
+    An estimated event with a generation id is queued for its generation lookup, to be given up
+    `lookup_window` after it occurred (the storing process's METER_LOOKUP_WINDOW_SECONDS).
+    """
     if not events:
         return InsertResult(0, 0)
     received_at = received_at or datetime.now(UTC)
@@ -194,11 +206,15 @@ def insert_events(
     seconds = _SecondCache()
     seen: set[Any] = set()
     rows = []
+    lookups: list[EventRecord] = []
     for event in events:
         if event.id in seen:
             continue
         seen.add(event.id)
         rows.append(_row(event, book, weeks, seconds, received))
+        # One comparison for the common `provider` event; the rare estimated one is queued.
+        if event.usage_source == "estimated" and event.generation_id is not None:
+            lookups.append(event)
     if sqlite:
         inserted = _insert_sqlite(conn, rows)
         # (week_start, model, user, team) is a slice of each row, in the stored form already;
@@ -211,7 +227,37 @@ def insert_events(
         )
     else:
         inserted = _insert_postgres(conn, rows)  # marks its groups itself, server side
+    if lookups:
+        enqueue_lookups(conn, lookups, received_at, lookup_window)
     return InsertResult(inserted, len(events) - inserted)
+
+
+def enqueue_lookups(
+    conn: Connection, events: Sequence[EventRecord], now: datetime, window: timedelta
+) -> None:
+    """Queue generation lookups, due now, given up `window` after each event occurred.
+
+    An id already queued (a replayed event) keeps its row, whatever state it reached.
+    """
+    lookups = models.GenerationLookup.__table__
+    dialect = sqlite_dialect if conn.dialect.name == "sqlite" else pg_dialect
+    insert = dialect.insert(lookups)
+    conn.execute(
+        insert.on_conflict_do_nothing(index_elements=["event_id"]),
+        [
+            {
+                "event_id": e.id,
+                "generation_id": e.generation_id,
+                "state": "pending",
+                "attempts": 0,
+                "next_attempt_at": now,
+                "deadline_at": e.occurred_at + window,
+                "last_error": None,
+                "created_at": now,
+            }
+            for e in events
+        ],
+    )
 
 
 def _insert_sqlite(conn: Connection, rows: list[tuple[Any, ...]]) -> int:

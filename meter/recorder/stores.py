@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any, Protocol
 
 import httpx
@@ -85,6 +86,7 @@ class DatabaseStore:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._lookup_window = timedelta(seconds=settings.lookup_window_seconds)
         self._lock = threading.Lock()
         self._db: Database | None = None
         self._not_before = 0.0
@@ -159,7 +161,13 @@ class DatabaseStore:
             with db.engine.begin() as conn:
                 # The book is read in the same transaction: a cost, once set, is frozen, so it
                 # must be computed with the prices as they are when the row is written.
-                return insert_events(conn, events, load_price_book(conn), db.tz)
+                return insert_events(
+                    conn,
+                    events,
+                    load_price_book(conn),
+                    db.tz,
+                    lookup_window=self._lookup_window,
+                )
         except (
             sa.exc.DataError,
             sa.exc.IntegrityError,

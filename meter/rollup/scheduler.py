@@ -58,22 +58,29 @@ def build_scheduler(db: Database, interval_seconds: float) -> BackgroundSchedule
         misfire_grace_time=max(int(interval_seconds), 1) * 2,
         next_run_time=datetime.now(UTC),
     )
-    scheduler.meter_rollup_job = job  # so shutdown can ask a long run to stop between chunks
+    scheduler.meter_rollup_job = job
+    add_stop_event(scheduler, job.stop)  # so shutdown can ask a long run to stop between chunks
     return scheduler
 
 
+def add_stop_event(scheduler: BackgroundScheduler, stop: threading.Event) -> None:
+    """Register a job's stop flag: set at shutdown so a long run ends early, cleared at start.
+    Other jobs of `meter serve` (meter.reconcile's lookups) share this scheduler."""
+    events: list[threading.Event] = getattr(scheduler, "meter_stop_events", [])
+    events.append(stop)
+    scheduler.meter_stop_events = events
+
+
 def start_scheduler(scheduler: BackgroundScheduler) -> None:
-    job: RollupJob | None = getattr(scheduler, "meter_rollup_job", None)
-    if job is not None:
-        job.stop.clear()
+    for stop in getattr(scheduler, "meter_stop_events", []):
+        stop.clear()
     if not scheduler.running:
         scheduler.start()
 
 
 def stop_scheduler(scheduler: BackgroundScheduler) -> None:
-    """Ask a running roll-up to stop after its current chunk, then wait for it."""
-    job: RollupJob | None = getattr(scheduler, "meter_rollup_job", None)
-    if job is not None:
-        job.stop.set()
+    """Ask running jobs to stop (a roll-up after its current chunk), then wait for them."""
+    for stop in getattr(scheduler, "meter_stop_events", []):
+        stop.set()
     if scheduler.running:
         scheduler.shutdown(wait=True)

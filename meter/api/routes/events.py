@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from meter.api.auth import IngestPrincipal, ReadPrincipal, scoped_team
-from meter.api.deps import DbDep
+from meter.api.deps import DbDep, SettingsDep
 from meter.api.errors import invalid
 from meter.api.schemas import (
     AUTH_ERRORS,
@@ -263,10 +263,12 @@ def _records(batch: IngestRequest, team_scope: str | None) -> list[EventRecord]:
     return records
 
 
-def _store(db: Database, records: list[EventRecord]) -> InsertResult:
+def _store(db: Database, records: list[EventRecord], lookup_window: timedelta) -> InsertResult:
     # One transaction: the whole batch is stored, or none of it.
     with db.engine.begin() as conn:
-        return insert_events(conn, records, load_price_book(conn), db.tz)
+        return insert_events(
+            conn, records, load_price_book(conn), db.tz, lookup_window=lookup_window
+        )
 
 
 @router.post(
@@ -282,10 +284,13 @@ def _store(db: Database, records: list[EventRecord]) -> InsertResult:
     openapi_extra=_INGEST_OPENAPI,
     responses={**AUTH_ERRORS, 413: {"model": Problem, "description": "Body over 8 MiB"}},
 )
-async def ingest_events(request: Request, principal: IngestPrincipal, db: DbDep) -> IngestResult:
+async def ingest_events(
+    request: Request, principal: IngestPrincipal, db: DbDep, settings: SettingsDep
+) -> IngestResult:
     batch = _parse_batch(await request.body())
     records = _records(batch, principal.team)
-    result = await run_in_threadpool(_store, db, records)
+    window = timedelta(seconds=settings.lookup_window_seconds)
+    result = await run_in_threadpool(_store, db, records, window)
     EVENTS_INGESTED.inc(result.inserted)
     return IngestResult(inserted=result.inserted, duplicates=result.duplicates)
 
