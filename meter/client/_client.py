@@ -23,6 +23,7 @@ from meter.client._errors import (
     error_from_transport,
     malformed_body,
 )
+from meter.client._http import HTTPX, HttpLib, lib_of, timeout_for
 from meter.client._record import Call
 from meter.client._request import ClientConfig, Prepared, make_config, prepare
 from meter.client._resources import AsyncChat, Chat
@@ -38,8 +39,6 @@ if TYPE_CHECKING:
 
 DEFAULT_TIMEOUT = 600.0  # LLM calls are slow: never httpx's 5 s default
 DEFAULT_MAX_RETRIES = 2
-# Nothing was sent when these happen, so retrying cannot double a call.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
 # Tells a MeteringTransport under our http_client that this call is metered already.
 _EXTENSIONS = {METERED: True}
 
@@ -80,6 +79,11 @@ def _check_client_numbers(timeout: float | httpx.Timeout | None, max_retries: in
         raise InvalidRequest(
             "timeout must be given (seconds); LLM calls need a long one", "timeout"
         )
+
+
+def _http_lib(http_client: object | None) -> HttpLib:
+    """httpx's classes, or httpx2's when the caller hands us an httpx2 client."""
+    return HTTPX if http_client is None else lib_of(http_client)
 
 
 def _completion(call: Call, status_code: int, body: bytes) -> ChatCompletion:
@@ -196,6 +200,7 @@ class MeteredClient(_Base):
             forward_user=forward_user,
         )
         self._owns_http = http_client is None
+        self._lib = _http_lib(http_client)
         self._http = http_client if http_client is not None else httpx.Client(timeout=timeout)
         self.chat = Chat(self)
 
@@ -209,19 +214,19 @@ class MeteredClient(_Base):
                 self._config.url,
                 content=prepared.content,
                 headers=prepared.headers,
-                timeout=timeout if timeout is not None else self.timeout,
+                timeout=timeout_for(self._lib, timeout if timeout is not None else self.timeout),
                 extensions=_EXTENSIONS,
             )
             try:
                 response = self._http.send(request, stream=True)
-            except _NOT_SENT as exc:
+            except self._lib.not_sent as exc:
                 if attempt < self.max_retries:
                     time.sleep(backoff_seconds(attempt))
                     attempt += 1
                     continue
                 call.record(http_error_outcome())
                 raise error_from_transport(exc) from exc
-            except httpx.HTTPError as exc:
+            except self._lib.HTTPError as exc:
                 call.record(http_error_outcome())
                 raise error_from_transport(exc) from exc
             status = response.status_code
@@ -234,7 +239,7 @@ class MeteredClient(_Base):
             if status >= 400:
                 try:
                     body = response.read()
-                except httpx.HTTPError:
+                except self._lib.HTTPError:
                     body = b""
                 finally:
                     response.close()
@@ -248,7 +253,7 @@ class MeteredClient(_Base):
             return Stream(response, prepared.call, prepared.strip_usage_chunk)
         try:
             body = response.read()
-        except httpx.HTTPError as exc:  # the connection broke mid-body
+        except self._lib.HTTPError as exc:  # the connection broke mid-body
             prepared.call.record(Outcome("incomplete", "estimated"))
             raise error_from_transport(exc) from exc
         finally:
@@ -303,6 +308,7 @@ class AsyncMeteredClient(_Base):
             forward_user=forward_user,
         )
         self._owns_http = http_client is None
+        self._lib = _http_lib(http_client)
         self._http = http_client if http_client is not None else httpx.AsyncClient(timeout=timeout)
         self.chat = AsyncChat(self)
 
@@ -317,19 +323,19 @@ class AsyncMeteredClient(_Base):
                 self._config.url,
                 content=prepared.content,
                 headers=prepared.headers,
-                timeout=timeout if timeout is not None else self.timeout,
+                timeout=timeout_for(self._lib, timeout if timeout is not None else self.timeout),
                 extensions=_EXTENSIONS,
             )
             try:
                 response = await self._http.send(request, stream=True)
-            except _NOT_SENT as exc:
+            except self._lib.not_sent as exc:
                 if attempt < self.max_retries:
                     await asyncio.sleep(backoff_seconds(attempt))
                     attempt += 1
                     continue
                 call.record(http_error_outcome())
                 raise error_from_transport(exc) from exc
-            except httpx.HTTPError as exc:
+            except self._lib.HTTPError as exc:
                 call.record(http_error_outcome())
                 raise error_from_transport(exc) from exc
             status = response.status_code
@@ -342,7 +348,7 @@ class AsyncMeteredClient(_Base):
             if status >= 400:
                 try:
                     body = await response.aread()
-                except httpx.HTTPError:
+                except self._lib.HTTPError:
                     body = b""
                 finally:
                     await response.aclose()
@@ -356,7 +362,7 @@ class AsyncMeteredClient(_Base):
             return AsyncStream(response, prepared.call, prepared.strip_usage_chunk)
         try:
             body = await response.aread()
-        except httpx.HTTPError as exc:
+        except self._lib.HTTPError as exc:
             prepared.call.record(Outcome("incomplete", "estimated"))
             raise error_from_transport(exc) from exc
         finally:
