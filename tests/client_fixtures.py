@@ -24,7 +24,7 @@ def require(package: str, why: str) -> Any:
     except ImportError:
         if IN_CI:
             pytest.fail(f"{package} is not installed (CI=true: {why} must run)")
-        pytest.skip(f"SKIPPING: {package} is not installed ({why})")
+        pytest.skip(f"SKIPPING: {package} is not installed ({why})", allow_module_level=True)
     return module
 
 
@@ -63,3 +63,13 @@ def only_event(meter: Meter, db_url: str) -> Stored:
     stored = events(meter, db_url)
     assert len(stored) == 1, stored
     return stored[0]
+
+
+@pytest.fixture
+def openai_http(httpx_lib: Any) -> Any:
+    """The HTTP library of a client handed to the openai SDK: each one the installed openai
+    takes (2.x: httpx; 3.x: httpx2, and httpx still)."""
+    openai = require("openai", "the openai SDK tests")
+    if int(openai.__version__.split(".")[0]) < 3 and httpx_lib.__name__ == "httpx2":
+        pytest.skip(f"openai {openai.__version__} takes an httpx client only")
+    return httpx_lib
