@@ -9,8 +9,7 @@ from meter._exceptions import (
     StoreUnavailable,
     UpstreamError,
 )
-from meter.client import AsyncMeteredClient, MeteredClient
-from meter.recorder.meter import Meter
+from meter.client import AsyncMeteredClient, Meter, MeteredClient
 
 __all__ = [
     "AsyncMeteredClient",

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
@@ -24,6 +24,7 @@ from meter.client._errors import (
     malformed_body,
 )
 from meter.client._http import HTTPX, HttpLib, lib_of, timeout_for
+from meter.client._meter import Meter
 from meter.client._record import Call
 from meter.client._request import ClientConfig, Prepared, make_config, prepare
 from meter.client._resources import AsyncChat, Chat
@@ -33,9 +34,6 @@ from meter.client._transport import METERED
 from meter.client._types import ChatCompletion, completion_from
 from meter.settings import get_settings
 from meter.tokens import preload
-
-if TYPE_CHECKING:
-    from meter.recorder.meter import Meter
 
 DEFAULT_TIMEOUT = 600.0  # LLM calls are slow: never httpx's 5 s default
 DEFAULT_MAX_RETRIES = 2
@@ -62,8 +60,6 @@ def _default_meter() -> Meter:
     It is flushed at interpreter exit (and on SIGTERM) like any Meter; clients never close it.
     """
     global _shared_meter
-    from meter.recorder.meter import Meter
-
     with _shared_meter_lock:
         if _shared_meter is None or _shared_meter.closed:
             _shared_meter = Meter()

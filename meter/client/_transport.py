@@ -36,7 +36,7 @@ from meter.client._sse import SSEDecoder
 from meter.money import format_decimal
 
 if TYPE_CHECKING:
-    from meter.recorder.meter import Meter
+    from meter.recorder.meter import Recorder
 
 logger = logging.getLogger("meter.transport")
 
@@ -90,7 +90,7 @@ def _is_completion(request: httpx.Request) -> bool:
 
 
 def _plan(
-    request: httpx.Request, lib: HttpLib, meter: Meter, user: str | None, team: str | None
+    request: httpx.Request, lib: HttpLib, meter: Recorder, user: str | None, team: str | None
 ) -> _Plan | None:
     """Decide whether and how to meter a request; None: pass it through untouched."""
     if not _is_completion(request):
@@ -309,7 +309,7 @@ class _Base:
     each library's requests go to (`wrapped=`, or that library's own, made when first needed)."""
 
     def __init__(
-        self, meter: Meter, user: str | None, team: str | None, wrapped: Any, is_async: bool
+        self, meter: Recorder, user: str | None, team: str | None, wrapped: Any, is_async: bool
     ) -> None:
         self._meter = meter
         self._user = user
@@ -353,11 +353,11 @@ class MeteringTransport(_Base, httpx.BaseTransport):
 
     def __init__(
         self,
-        meter: Meter,
+        meter: Recorder,
         *,
         user: str | None = None,
         team: str | None = None,
-        wrapped: httpx.BaseTransport | None = None,
+        wrapped: object | None = None,
     ) -> None:
         super().__init__(meter, user, team, wrapped, is_async=False)
 
@@ -390,11 +390,11 @@ class AsyncMeteringTransport(_Base, httpx.AsyncBaseTransport):
 
     def __init__(
         self,
-        meter: Meter,
+        meter: Recorder,
         *,
         user: str | None = None,
         team: str | None = None,
-        wrapped: httpx.AsyncBaseTransport | None = None,
+        wrapped: object | None = None,
     ) -> None:
         super().__init__(meter, user, team, wrapped, is_async=True)
 
