@@ -12,7 +12,7 @@ import pytest
 
 from meter import Meter
 from meter.mock_upstream import MockUpstream
-from tests.client_fixtures import events
+from tests.client_fixtures import events, require
 from tests.client_helpers import (
     HELLO,
     HELLO_COST,
@@ -283,3 +283,14 @@ def test_a_metered_client_over_a_metering_transport_records_each_call_once(
         ("bob", "search", "ok", 51),
     ]
     assert [e.cost_usd for e in stored] == [HELLO_COST] * 4
+
+
+def test_a_wrapped_transport_of_the_other_library_is_refused_by_name(meter: Meter) -> None:
+    httpx = require("httpx", "the transport tests")
+    httpx2 = require("httpx2", "the transport tests")
+    transport = meter.transport(wrapped=httpx.MockTransport(lambda r: httpx.Response(200)))
+    with (
+        httpx2.Client(transport=transport) as http,
+        pytest.raises(TypeError, match="wraps an httpx transport"),
+    ):
+        http.get("http://upstream.invalid/v1/models")

@@ -325,7 +325,7 @@ class _Base:
         if self._wrapped is not None:
             if lib is not self._wrapped_lib:  # an httpx2 client cannot use an httpx transport
                 raise TypeError(
-                    f"this metering transport wraps a {self._wrapped_lib.name} transport "
+                    f"this metering transport wraps an {self._wrapped_lib.name} transport "
                     f"({type(self._wrapped).__name__}); it cannot send {lib.name} requests"
                 )
             return self._wrapped
