@@ -24,6 +24,7 @@ FULL = [
     ["bench.ingest"],
     ["bench.memory"],
     ["bench.rollup"],  # includes the read path on the rolled-up 5M dataset
+    ["bench.import_time"],
 ]
 QUICK = [
     ["bench.client_overhead", "--calls", "300", "--warmup", "30"],
@@ -31,6 +32,7 @@ QUICK = [
     ["bench.ingest", "--events", "10000"],
     ["bench.memory", "--calls", "2000"],
     ["bench.rollup", "--sizes", "20000,100000"],
+    ["bench.import_time", "--runs", "3"],
 ]
 
 

@@ -153,3 +153,11 @@ def parse_timestamp(text: str) -> datetime:
     if moment.tzinfo is None:
         raise ValueError(f"{text!r} has no timezone offset: add Z or +HH:MM")
     return moment if moment.tzinfo is UTC else moment.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class InsertResult:
+    """What storing a batch of events did: rows inserted, and events already stored (same id)."""
+
+    inserted: int
+    duplicates: int

@@ -3,14 +3,35 @@ reset for each test, and a Meter on the parametrized database with its own spool
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
 from meter import Meter
 from meter.mock_upstream import MockUpstream, running
 from tests.client_helpers import Stored, stored_events
+from tests.conftest import IN_CI
+
+
+def require(package: str, why: str) -> Any:
+    """Import `package`; where it is missing the test skips, and fails under CI=true."""
+    try:
+        module: ModuleType = importlib.import_module(package)
+    except ImportError:
+        if IN_CI:
+            pytest.fail(f"{package} is not installed (CI=true: {why} must run)")
+        pytest.skip(f"SKIPPING: {package} is not installed ({why})", allow_module_level=True)
+    return module
+
+
+@pytest.fixture(params=["httpx", "httpx2"])
+def httpx_lib(request: pytest.FixtureRequest) -> Any:
+    """The HTTP library a test's client comes from: httpx, or httpx2 (openai 3.x's)."""
+    return require(request.param, f"the {request.param} tests")
 
 
 @pytest.fixture(scope="module")
@@ -42,3 +63,13 @@ def only_event(meter: Meter, db_url: str) -> Stored:
     stored = events(meter, db_url)
     assert len(stored) == 1, stored
     return stored[0]
+
+
+@pytest.fixture
+def openai_http(httpx_lib: Any) -> Any:
+    """The HTTP library of a client handed to the openai SDK: each one the installed openai
+    takes (2.x: httpx; 3.x: httpx2, and httpx still)."""
+    openai = require("openai", "the openai SDK tests")
+    if int(openai.__version__.split(".")[0]) < 3 and httpx_lib.__name__ == "httpx2":
+        pytest.skip(f"openai {openai.__version__} takes an httpx client only")
+    return httpx_lib

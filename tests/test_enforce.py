@@ -3,6 +3,7 @@ the check is a lookup in a cached snapshot; it fails open when the state cannot 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 import time
@@ -54,7 +55,9 @@ class Upstream:
             ],
             "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10},
         }
-        return httpx.Response(200, json=body)
+        http = importlib.import_module(type(request).__module__)  # httpx, or httpx2
+        response: httpx.Response = http.Response(200, json=body)
+        return response
 
 
 @pytest.fixture

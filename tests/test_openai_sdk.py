@@ -1,26 +1,36 @@
-"""The real `openai` 2.x SDK, metered unchanged through `meter.transport()`."""
+"""The real `openai` SDK, metered unchanged through `meter.transport()`.
+
+The dev environment has openai 2.x (built on httpx); `make test` runs this module again in a
+second environment with openai 3.x (built on httpx2), where each test runs with an httpx2 client
+and with an httpx one (openai 3.x takes both).
+"""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
-import httpx
-import openai
 import pytest
 
 from meter import Meter
 from meter.mock_upstream import MockUpstream
-from tests.client_fixtures import events
+from tests.client_fixtures import events, require
 from tests.client_helpers import HELLO, HELLO_COST, MODEL
 
-assert openai.__version__.startswith("2."), "the transport is tested with openai 2.x (httpx)"
+openai = require("openai", "the openai SDK tests")
 
 
 def test_the_openai_sdk_is_metered_streaming_included(
-    upstream: tuple[MockUpstream, str], mock: MockUpstream, meter: Meter, db_url: str
+    openai_http: Any,
+    upstream: tuple[MockUpstream, str],
+    mock: MockUpstream,
+    meter: Meter,
+    db_url: str,
 ) -> None:
-    http = httpx.Client(transport=meter.transport(user="sdk-user", team="sdk-team"))
-    with openai.OpenAI(base_url=upstream[1], api_key="x", http_client=http, max_retries=0) as sdk:
+    http_client = openai_http.Client(transport=meter.transport(user="sdk-user", team="sdk-team"))
+    with openai.OpenAI(
+        base_url=upstream[1], api_key="x", http_client=http_client, max_retries=0
+    ) as sdk:
         resp = sdk.chat.completions.create(model=MODEL, messages=HELLO)  # type: ignore[arg-type]
         assert resp.usage is not None
         assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (9, 51)
@@ -59,10 +69,10 @@ def test_the_openai_sdk_is_metered_streaming_included(
 
 
 def test_the_sdk_sees_the_usage_chunk_when_it_asked_for_it(
-    upstream: tuple[MockUpstream, str], meter: Meter, db_url: str
+    openai_http: Any, upstream: tuple[MockUpstream, str], meter: Meter, db_url: str
 ) -> None:
-    http = httpx.Client(transport=meter.transport())
-    with openai.OpenAI(base_url=upstream[1], api_key="x", http_client=http) as sdk:
+    http_client = openai_http.Client(transport=meter.transport())
+    with openai.OpenAI(base_url=upstream[1], api_key="x", http_client=http_client) as sdk:
         chunks = list(
             sdk.chat.completions.create(
                 model=MODEL,
@@ -78,10 +88,10 @@ def test_the_sdk_sees_the_usage_chunk_when_it_asked_for_it(
 
 
 def test_the_sdk_mid_stream_error_is_recorded(
-    upstream: tuple[MockUpstream, str], meter: Meter, db_url: str
+    openai_http: Any, upstream: tuple[MockUpstream, str], meter: Meter, db_url: str
 ) -> None:
-    http = httpx.Client(transport=meter.transport())
-    with openai.OpenAI(base_url=upstream[1], api_key="x", http_client=http) as sdk:
+    http_client = openai_http.Client(transport=meter.transport())
+    with openai.OpenAI(base_url=upstream[1], api_key="x", http_client=http_client) as sdk:
         stream = sdk.chat.completions.create(
             model=MODEL,
             messages=HELLO,  # type: ignore[arg-type]
@@ -92,16 +102,18 @@ def test_the_sdk_mid_stream_error_is_recorded(
             for chunk in stream:
                 assert chunk.choices[0].delta is not None
     (stored,) = events(meter, db_url)
-    assert (stored.status, stored.usage_source) == ("error", "estimated")
+    assert (stored.status, stored.usage_source, stored.prompt_tokens) == ("error", "estimated", 9)
     assert stored.completion_tokens > 0
 
 
 def test_the_async_openai_sdk_is_metered(
-    upstream: tuple[MockUpstream, str], meter: Meter, db_url: str
+    openai_http: Any, upstream: tuple[MockUpstream, str], meter: Meter, db_url: str
 ) -> None:
     async def main() -> str:
-        http = httpx.AsyncClient(transport=meter.async_transport(user="async-sdk"))
-        async with openai.AsyncOpenAI(base_url=upstream[1], api_key="x", http_client=http) as sdk:
+        http_client = openai_http.AsyncClient(transport=meter.async_transport(user="async-sdk"))
+        async with openai.AsyncOpenAI(
+            base_url=upstream[1], api_key="x", http_client=http_client
+        ) as sdk:
             resp = await sdk.chat.completions.create(model=MODEL, messages=HELLO)  # type: ignore[arg-type]
             assert resp.usage is not None and resp.usage.total_tokens == 60
             text = ""

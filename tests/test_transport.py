@@ -1,4 +1,5 @@
-"""`meter.transport()` / `meter.async_transport()`: any httpx caller is metered unchanged."""
+"""`meter.transport()` / `meter.async_transport()`: any httpx or httpx2 caller is metered
+unchanged (each test runs with a client of each library)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,11 @@ import gzip
 import json
 from typing import Any
 
-import httpx
 import pytest
 
 from meter import Meter
 from meter.mock_upstream import MockUpstream
-from tests.client_fixtures import events
+from tests.client_fixtures import events, require
 from tests.client_helpers import (
     HELLO,
     HELLO_COST,
@@ -28,10 +28,14 @@ def data_payloads(body: bytes) -> list[str]:
 
 
 def test_headers_give_attribution_and_are_stripped_before_sending(
-    upstream: tuple[MockUpstream, str], mock: MockUpstream, meter: Meter, db_url: str
+    httpx_lib: Any,
+    upstream: tuple[MockUpstream, str],
+    mock: MockUpstream,
+    meter: Meter,
+    db_url: str,
 ) -> None:
     transport = meter.transport(user="service", team="platform")
-    with httpx.Client(transport=transport, base_url=upstream[1]) as http:
+    with httpx_lib.Client(transport=transport, base_url=upstream[1]) as http:
         r = http.post(
             "/chat/completions",
             json={"model": MODEL, "messages": HELLO},
@@ -58,9 +62,13 @@ def test_headers_give_attribution_and_are_stripped_before_sending(
 
 
 def test_a_stream_gets_usage_asked_for_and_the_usage_chunk_stripped(
-    upstream: tuple[MockUpstream, str], mock: MockUpstream, meter: Meter, db_url: str
+    httpx_lib: Any,
+    upstream: tuple[MockUpstream, str],
+    mock: MockUpstream,
+    meter: Meter,
+    db_url: str,
 ) -> None:
-    with httpx.Client(transport=meter.transport(), base_url=upstream[1]) as http:
+    with httpx_lib.Client(transport=meter.transport(), base_url=upstream[1]) as http:
         body = {"model": MODEL, "messages": HELLO, "stream": True}
         with http.stream("POST", "/chat/completions", json=body) as r:
             raw = r.read()
@@ -79,7 +87,7 @@ def test_a_stream_gets_usage_asked_for_and_the_usage_chunk_stripped(
 
 
 def test_a_stream_that_asked_for_usage_itself_is_passed_through_byte_for_byte(
-    upstream: tuple[MockUpstream, str], meter: Meter, db_url: str
+    httpx_lib: Any, upstream: tuple[MockUpstream, str], meter: Meter, db_url: str
 ) -> None:
     body = {
         "model": MODEL,
@@ -87,7 +95,7 @@ def test_a_stream_that_asked_for_usage_itself_is_passed_through_byte_for_byte(
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    with httpx.Client(transport=meter.transport(), base_url=upstream[1]) as http:
+    with httpx_lib.Client(transport=meter.transport(), base_url=upstream[1]) as http:
         raw = http.post("/chat/completions", json=body).content
     assert raw.startswith(b": OPENROUTER PROCESSING\n\n")  # untouched, comments included
     usage_chunk = json.loads(data_payloads(raw)[-2])
@@ -97,12 +105,12 @@ def test_a_stream_that_asked_for_usage_itself_is_passed_through_byte_for_byte(
 
 
 def test_a_stream_closed_early_through_the_transport_is_cancelled(
-    upstream: tuple[MockUpstream, str], meter: Meter, db_url: str
+    httpx_lib: Any, upstream: tuple[MockUpstream, str], meter: Meter, db_url: str
 ) -> None:
     body = {"model": MODEL, "messages": HELLO, "stream": True}
     received = ""
     with (
-        httpx.Client(transport=meter.transport(), base_url=upstream[1]) as http,
+        httpx_lib.Client(transport=meter.transport(), base_url=upstream[1]) as http,
         http.stream("POST", "/chat/completions", json=body) as r,
     ):
         for line in r.iter_lines():
@@ -118,9 +126,9 @@ def test_a_stream_closed_early_through_the_transport_is_cancelled(
 
 
 def test_legacy_completions_are_metered_too(
-    upstream: tuple[MockUpstream, str], meter: Meter, db_url: str
+    httpx_lib: Any, upstream: tuple[MockUpstream, str], meter: Meter, db_url: str
 ) -> None:
-    with httpx.Client(transport=meter.transport(), base_url=upstream[1]) as http:
+    with httpx_lib.Client(transport=meter.transport(), base_url=upstream[1]) as http:
         plain = http.post("/completions", json={"model": MODEL, "prompt": "Hello"}).json()
         body = {"model": MODEL, "prompt": "Hello", "stream": True}
         raw = http.post("/completions", json=body).content
@@ -138,11 +146,11 @@ def test_legacy_completions_are_metered_too(
 
 
 def test_errors_through_the_transport_are_recorded(
-    upstream: tuple[MockUpstream, str], meter: Meter, db_url: str
+    httpx_lib: Any, upstream: tuple[MockUpstream, str], meter: Meter, db_url: str
 ) -> None:
     import socket
 
-    with httpx.Client(transport=meter.transport(), base_url=upstream[1]) as http:
+    with httpx_lib.Client(transport=meter.transport(), base_url=upstream[1]) as http:
         r = http.post(
             "/chat/completions",
             json={"model": MODEL, "messages": HELLO},
@@ -150,14 +158,14 @@ def test_errors_through_the_transport_are_recorded(
         )
         assert r.status_code == 500
         body = {"model": MODEL, "messages": HELLO, "stream": True}
-        with pytest.raises(httpx.RemoteProtocolError):
+        with pytest.raises(httpx_lib.RemoteProtocolError):
             http.post("/chat/completions", json=body, headers={"X-Mock-Behavior": "cut"})
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
     with (
-        httpx.Client(transport=meter.transport(), base_url=dead) as http,
-        pytest.raises(httpx.ConnectError),
+        httpx_lib.Client(transport=meter.transport(), base_url=dead) as http,
+        pytest.raises(httpx_lib.ConnectError),
     ):
         http.post("/chat/completions", json={"model": MODEL, "messages": HELLO})
     stored = events(meter, db_url)
@@ -170,11 +178,15 @@ def test_errors_through_the_transport_are_recorded(
 
 
 def test_the_async_transport_meters_streams_and_plain_calls(
-    upstream: tuple[MockUpstream, str], mock: MockUpstream, meter: Meter, db_url: str
+    httpx_lib: Any,
+    upstream: tuple[MockUpstream, str],
+    mock: MockUpstream,
+    meter: Meter,
+    db_url: str,
 ) -> None:
     async def main() -> list[dict[str, Any]]:
         transport = meter.async_transport(team="async-team")
-        async with httpx.AsyncClient(transport=transport, base_url=upstream[1]) as http:
+        async with httpx_lib.AsyncClient(transport=transport, base_url=upstream[1]) as http:
             r = await http.post(
                 "/chat/completions",
                 json={"model": MODEL, "messages": HELLO},
@@ -196,7 +208,9 @@ def test_the_async_transport_meters_streams_and_plain_calls(
     ]
 
 
-def test_a_compressed_stream_is_decoded_for_metering(meter: Meter, db_url: str) -> None:
+def test_a_compressed_stream_is_decoded_for_metering(
+    httpx_lib: Any, meter: Meter, db_url: str
+) -> None:
     """An upstream that compresses despite `Accept-Encoding: identity` (pure unit test)."""
     sse = (
         b": OPENROUTER PROCESSING\n\n"
@@ -205,18 +219,18 @@ def test_a_compressed_stream_is_decoded_for_metering(meter: Meter, db_url: str) 
         b'"cost":0.00000118}}\n\n'
         b"data: [DONE]\n\n"
     )
-    seen: list[httpx.Request] = []
+    seen: list[Any] = []
 
-    def upstream(request: httpx.Request) -> httpx.Response:
+    def upstream(request: Any) -> Any:
         seen.append(request)
-        return httpx.Response(
+        return httpx_lib.Response(
             200,
             headers={"content-type": "text/event-stream", "content-encoding": "gzip"},
             content=gzip.compress(sse),
         )
 
-    transport = meter.transport(wrapped=httpx.MockTransport(upstream))
-    with httpx.Client(transport=transport) as http:
+    transport = meter.transport(wrapped=httpx_lib.MockTransport(upstream))
+    with httpx_lib.Client(transport=transport) as http:
         r = http.post(
             "http://upstream.invalid/api/v1/chat/completions",
             json={"model": MODEL, "messages": HELLO, "stream": True},
@@ -233,14 +247,18 @@ def test_a_compressed_stream_is_decoded_for_metering(meter: Meter, db_url: str) 
 
 
 def test_a_metered_client_over_a_metering_transport_records_each_call_once(
-    upstream: tuple[MockUpstream, str], mock: MockUpstream, meter: Meter, db_url: str
+    httpx_lib: Any,
+    upstream: tuple[MockUpstream, str],
+    mock: MockUpstream,
+    meter: Meter,
+    db_url: str,
 ) -> None:
     """Handing MeteredClient an http_client built on meter.transport() does not double-count."""
     from meter import AsyncMeteredClient, MeteredClient
 
     common: dict[str, Any] = {"api_key": "k", "base_url": upstream[1], "meter": meter}
     transport = meter.transport(user="transport-user", team="transport-team")
-    with httpx.Client(transport=transport) as http:
+    with httpx_lib.Client(transport=transport) as http:
         client = MeteredClient(**common, user="alice", team="search", http_client=http)
         client.chat.completions.create(model=MODEL, messages=HELLO)
         for _ in client.chat.completions.create(model=MODEL, messages=HELLO, stream=True):
@@ -251,7 +269,7 @@ def test_a_metered_client_over_a_metering_transport_records_each_call_once(
 
     async def main() -> None:
         async_transport = meter.async_transport(team="transport-team")
-        async with httpx.AsyncClient(transport=async_transport) as http:
+        async with httpx_lib.AsyncClient(transport=async_transport) as http:
             client = AsyncMeteredClient(**common, user="bob", team="search", http_client=http)
             await client.chat.completions.create(model=MODEL, messages=HELLO)
 
@@ -265,3 +283,14 @@ def test_a_metered_client_over_a_metering_transport_records_each_call_once(
         ("bob", "search", "ok", 51),
     ]
     assert [e.cost_usd for e in stored] == [HELLO_COST] * 4
+
+
+def test_a_wrapped_transport_of_the_other_library_is_refused_by_name(meter: Meter) -> None:
+    httpx = require("httpx", "the transport tests")
+    httpx2 = require("httpx2", "the transport tests")
+    transport = meter.transport(wrapped=httpx.MockTransport(lambda r: httpx.Response(200)))
+    with (
+        httpx2.Client(transport=transport) as http,
+        pytest.raises(TypeError, match="wraps an httpx transport"),
+    ):
+        http.get("http://upstream.invalid/v1/models")

@@ -26,7 +26,6 @@ from typing import Any
 import httpx
 
 from meter._exceptions import BudgetExceeded, StoreUnavailable
-from meter.budgets import repository as repo
 from meter.money import format_decimal, to_decimal, units_to_usd
 from meter.weeks import week_of
 
@@ -155,6 +154,8 @@ class BudgetGuard:
         return self._load_from_database()
 
     def _load_from_database(self) -> Snapshot:
+        from meter.budgets import repository as repo  # SQLAlchemy: only for a database store
+
         db = self.meter.database()
         if db is None:
             raise StoreUnavailable("the database cannot be reached")

@@ -38,7 +38,7 @@ from meter.pricing import SEED_MODEL
 from meter.weeks import load_timezone, week_of
 
 if TYPE_CHECKING:
-    from meter.recorder.meter import Meter
+    from meter import Meter
 
 DEMO_MODEL = "demo/large-model"  # a made-up model with a made-up price, to give real-ish bills
 TEAMS: dict[str, tuple[str, ...]] = {
@@ -275,13 +275,13 @@ def demo(
 
 
 def _run(workdir: Path, stack: contextlib.ExitStack, calls: int, exit_after: bool) -> None:
+    from meter import Meter
     from meter.api.app import create_app
     from meter.db.prices import add_price
     from meter.db.session import open_database
     from meter.keys import create_key
     from meter.mock_upstream import running
     from meter.pricing import Price
-    from meter.recorder.meter import Meter
     from meter.rollup import run_rollup
     from meter.settings import get_settings
 

@@ -1,10 +1,12 @@
 """The metered client: OpenAI-shaped chat completions whose every call is recorded.
 
 `MeteredClient` / `AsyncMeteredClient` for code written against meter; `MeteringTransport` /
-`AsyncMeteringTransport` (via `meter.transport()`) for SDKs built on httpx, such as openai.
+`AsyncMeteringTransport` (via `meter.transport()`) for SDKs built on httpx or httpx2, such as
+openai and mistralai; `Meter`, the recorder these feed, which makes those transports.
 """
 
 from meter.client._client import AsyncMeteredClient, MeteredClient
+from meter.client._meter import Meter
 from meter.client._streaming import AsyncStream, Stream
 from meter.client._transport import AsyncMeteringTransport, MeteringTransport
 from meter.client._types import (
@@ -28,6 +30,7 @@ __all__ = [
     "ChunkChoice",
     "Delta",
     "Message",
+    "Meter",
     "MeterInfo",
     "MeteredClient",
     "MeteringTransport",

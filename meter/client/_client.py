@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
@@ -23,6 +23,8 @@ from meter.client._errors import (
     error_from_transport,
     malformed_body,
 )
+from meter.client._http import HTTPX, HttpLib, lib_of, timeout_for
+from meter.client._meter import Meter
 from meter.client._record import Call
 from meter.client._request import ClientConfig, Prepared, make_config, prepare
 from meter.client._resources import AsyncChat, Chat
@@ -33,13 +35,8 @@ from meter.client._types import ChatCompletion, completion_from
 from meter.settings import get_settings
 from meter.tokens import preload
 
-if TYPE_CHECKING:
-    from meter.recorder.meter import Meter
-
 DEFAULT_TIMEOUT = 600.0  # LLM calls are slow: never httpx's 5 s default
 DEFAULT_MAX_RETRIES = 2
-# Nothing was sent when these happen, so retrying cannot double a call.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
 # Tells a MeteringTransport under our http_client that this call is metered already.
 _EXTENSIONS = {METERED: True}
 
@@ -63,8 +60,6 @@ def _default_meter() -> Meter:
     It is flushed at interpreter exit (and on SIGTERM) like any Meter; clients never close it.
     """
     global _shared_meter
-    from meter.recorder.meter import Meter
-
     with _shared_meter_lock:
         if _shared_meter is None or _shared_meter.closed:
             _shared_meter = Meter()
@@ -80,6 +75,11 @@ def _check_client_numbers(timeout: float | httpx.Timeout | None, max_retries: in
         raise InvalidRequest(
             "timeout must be given (seconds); LLM calls need a long one", "timeout"
         )
+
+
+def _http_lib(http_client: object | None) -> HttpLib:
+    """httpx's classes, or httpx2's when the caller hands us an httpx2 client."""
+    return HTTPX if http_client is None else lib_of(http_client)
 
 
 def _completion(call: Call, status_code: int, body: bytes) -> ChatCompletion:
@@ -196,6 +196,7 @@ class MeteredClient(_Base):
             forward_user=forward_user,
         )
         self._owns_http = http_client is None
+        self._lib = _http_lib(http_client)
         self._http = http_client if http_client is not None else httpx.Client(timeout=timeout)
         self.chat = Chat(self)
 
@@ -209,19 +210,19 @@ class MeteredClient(_Base):
                 self._config.url,
                 content=prepared.content,
                 headers=prepared.headers,
-                timeout=timeout if timeout is not None else self.timeout,
+                timeout=timeout_for(self._lib, timeout if timeout is not None else self.timeout),
                 extensions=_EXTENSIONS,
             )
             try:
                 response = self._http.send(request, stream=True)
-            except _NOT_SENT as exc:
+            except self._lib.not_sent as exc:
                 if attempt < self.max_retries:
                     time.sleep(backoff_seconds(attempt))
                     attempt += 1
                     continue
                 call.record(http_error_outcome())
                 raise error_from_transport(exc) from exc
-            except httpx.HTTPError as exc:
+            except self._lib.HTTPError as exc:
                 call.record(http_error_outcome())
                 raise error_from_transport(exc) from exc
             status = response.status_code
@@ -234,7 +235,7 @@ class MeteredClient(_Base):
             if status >= 400:
                 try:
                     body = response.read()
-                except httpx.HTTPError:
+                except self._lib.HTTPError:
                     body = b""
                 finally:
                     response.close()
@@ -248,7 +249,7 @@ class MeteredClient(_Base):
             return Stream(response, prepared.call, prepared.strip_usage_chunk)
         try:
             body = response.read()
-        except httpx.HTTPError as exc:  # the connection broke mid-body
+        except self._lib.HTTPError as exc:  # the connection broke mid-body
             prepared.call.record(Outcome("incomplete", "estimated"))
             raise error_from_transport(exc) from exc
         finally:
@@ -303,6 +304,7 @@ class AsyncMeteredClient(_Base):
             forward_user=forward_user,
         )
         self._owns_http = http_client is None
+        self._lib = _http_lib(http_client)
         self._http = http_client if http_client is not None else httpx.AsyncClient(timeout=timeout)
         self.chat = AsyncChat(self)
 
@@ -317,19 +319,19 @@ class AsyncMeteredClient(_Base):
                 self._config.url,
                 content=prepared.content,
                 headers=prepared.headers,
-                timeout=timeout if timeout is not None else self.timeout,
+                timeout=timeout_for(self._lib, timeout if timeout is not None else self.timeout),
                 extensions=_EXTENSIONS,
             )
             try:
                 response = await self._http.send(request, stream=True)
-            except _NOT_SENT as exc:
+            except self._lib.not_sent as exc:
                 if attempt < self.max_retries:
                     await asyncio.sleep(backoff_seconds(attempt))
                     attempt += 1
                     continue
                 call.record(http_error_outcome())
                 raise error_from_transport(exc) from exc
-            except httpx.HTTPError as exc:
+            except self._lib.HTTPError as exc:
                 call.record(http_error_outcome())
                 raise error_from_transport(exc) from exc
             status = response.status_code
@@ -342,7 +344,7 @@ class AsyncMeteredClient(_Base):
             if status >= 400:
                 try:
                     body = await response.aread()
-                except httpx.HTTPError:
+                except self._lib.HTTPError:
                     body = b""
                 finally:
                     await response.aclose()
@@ -356,7 +358,7 @@ class AsyncMeteredClient(_Base):
             return AsyncStream(response, prepared.call, prepared.strip_usage_chunk)
         try:
             body = await response.aread()
-        except httpx.HTTPError as exc:
+        except self._lib.HTTPError as exc:
             prepared.call.record(Outcome("incomplete", "estimated"))
             raise error_from_transport(exc) from exc
         finally:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import httpx
-
 from meter._exceptions import UpstreamError
 from meter.client._usage import loads
 
@@ -38,8 +36,8 @@ def error_from_payload(error: object, status_code: int | None = 200) -> Upstream
     )
 
 
-def error_from_transport(exc: httpx.HTTPError) -> UpstreamError:
-    """A connection that failed, timed out or broke: no HTTP status."""
+def error_from_transport(exc: Exception) -> UpstreamError:
+    """A connection that failed, timed out or broke (an httpx or httpx2 error): no HTTP status."""
     kind = type(exc).__name__
     detail = str(exc) or kind
     return UpstreamError(f"upstream connection failed ({kind}): {detail}", None, None)

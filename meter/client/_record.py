@@ -24,7 +24,7 @@ from meter.pricing import Price, cost_of
 from meter.tokens import count_messages, count_prompt, count_text
 
 if TYPE_CHECKING:
-    from meter.recorder.meter import Meter
+    from meter.recorder.meter import Recorder
 
 logger = logging.getLogger("meter.client")
 
@@ -35,7 +35,7 @@ def _now() -> datetime:
 
 @dataclass(slots=True)
 class Call:
-    meter: Meter
+    meter: Recorder
     model: str
     user: str | None = None
     team: str | None = None

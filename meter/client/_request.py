@@ -19,7 +19,7 @@ from meter.client._validation import check_context, check_messages, check_params
 from meter.events import MAX_NAME_LENGTH
 
 if TYPE_CHECKING:
-    from meter.recorder.meter import Meter
+    from meter.recorder.meter import Recorder
 
 
 def _user_agent() -> str:
@@ -104,7 +104,7 @@ class Prepared:
 
 def prepare(
     config: ClientConfig,
-    meter: Meter,
+    meter: Recorder,
     *,
     model: str,
     messages: Sequence[Mapping[str, Any]],

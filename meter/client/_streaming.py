@@ -20,16 +20,18 @@ import httpx
 from meter._exceptions import UpstreamError
 from meter.client._capture import End, StreamCapture
 from meter.client._errors import error_from_payload, error_from_transport
+from meter.client._http import lib_of
 from meter.client._record import Call
 from meter.client._sse import SSEDecoder
 from meter.client._types import ChatCompletionChunk, MeterInfo, Usage, chunk_from, usage_of
 
 
 class _StreamCore:
-    __slots__ = ("call", "capture", "decoder", "info", "raw_usage", "response")
+    __slots__ = ("call", "capture", "decoder", "http_error", "info", "raw_usage", "response")
 
     def __init__(self, response: httpx.Response, call: Call, strip_usage_chunk: bool) -> None:
         self.response = response
+        self.http_error = lib_of(response).HTTPError  # httpx's or httpx2's
         self.call = call
         self.capture = StreamCapture(strip_usage_chunk)
         self.decoder = SSEDecoder()
@@ -78,7 +80,7 @@ def _iterate(core: _StreamCore) -> Generator[ChatCompletionChunk, None, None]:
         if not core.done:
             yield from core.chunks(b"")
         end = End.ENDED
-    except httpx.HTTPError as exc:
+    except core.http_error as exc:
         end = End.BROKEN
         core.finish(end)
         raise error_from_transport(exc) from exc
@@ -98,7 +100,7 @@ async def _aiterate(core: _StreamCore) -> AsyncGenerator[ChatCompletionChunk, No
             for chunk in core.chunks(b""):
                 yield chunk
         end = End.ENDED
-    except httpx.HTTPError as exc:
+    except core.http_error as exc:
         end = End.BROKEN
         core.finish(end)
         raise error_from_transport(exc) from exc

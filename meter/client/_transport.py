@@ -1,6 +1,9 @@
-"""httpx transports that meter any chat-completions call through them, whatever SDK made it.
+"""Transports that meter any chat-completions call through them, whatever SDK made it.
 
-`MeteringTransport` holds the real transport and delegates, as httpx's docs show. A POST to
+`MeteringTransport` holds the real transport and delegates, as httpx's docs show. It serves an
+`httpx.Client` and an `httpx2.Client` alike (openai 3.x and mistralai 3.x are built on httpx2):
+the metering below is written once, and each request is handled with the classes of the library
+it comes from (`meter.client._http`). A POST to
 `*/chat/completions` (or legacy `*/completions`) is metered: attribution comes from the
 `X-Meter-User` / `X-Meter-Team` headers (stripped before sending) or the body's `user`; streams
 get `stream_options.include_usage`, and the usage-only chunk that causes is not passed on;
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -26,12 +30,13 @@ import httpx
 
 from meter._exceptions import BudgetExceeded
 from meter.client._capture import End, StreamCapture, http_error_outcome, read_completion
+from meter.client._http import HTTPX, HttpLib, lib_of
 from meter.client._record import Call
 from meter.client._sse import SSEDecoder
 from meter.money import format_decimal
 
 if TYPE_CHECKING:
-    from meter.recorder.meter import Meter
+    from meter.recorder.meter import Recorder
 
 logger = logging.getLogger("meter.transport")
 
@@ -49,14 +54,16 @@ class _Plan:
     strip_usage_chunk: bool
 
 
-def budget_exceeded_response(request: httpx.Request, exc: BudgetExceeded) -> httpx.Response:
+def budget_exceeded_response(
+    request: httpx.Request, exc: BudgetExceeded, lib: HttpLib = HTTPX
+) -> httpx.Response:
     """What an SDK sees when an enforced budget blocks a call: nothing was sent upstream.
 
     Raising from inside a transport would not reach the SDK's caller as is: openai wraps any
     transport exception in APIConnectionError and retries it. An HTTP 402 with an OpenAI-style
     error body is not retried and surfaces as `openai.APIStatusError` (status_code 402).
     """
-    return httpx.Response(
+    return lib.Response(
         402,
         json={
             "error": {
@@ -74,13 +81,19 @@ def budget_exceeded_response(request: httpx.Request, exc: BudgetExceeded) -> htt
     )
 
 
-def _plan(request: httpx.Request, meter: Meter, user: str | None, team: str | None) -> _Plan | None:
+def _is_completion(request: httpx.Request) -> bool:
+    return (
+        request.method == "POST"
+        and request.url.path.endswith("/completions")
+        and not request.extensions.get(METERED)
+    )
+
+
+def _plan(
+    request: httpx.Request, lib: HttpLib, meter: Recorder, user: str | None, team: str | None
+) -> _Plan | None:
     """Decide whether and how to meter a request; None: pass it through untouched."""
-    if (
-        request.method != "POST"
-        or not request.url.path.endswith("/completions")
-        or request.extensions.get(METERED)
-    ):
+    if not _is_completion(request):
         return None
     headers = request.headers.copy()
     header_user = headers.pop(USER_HEADER, None)
@@ -117,7 +130,7 @@ def _plan(request: httpx.Request, meter: Meter, user: str | None, team: str | No
     headers["accept-encoding"] = "identity"
     for name in ("content-length", "transfer-encoding"):
         headers.pop(name, None)
-    outgoing = httpx.Request(
+    outgoing = lib.Request(
         request.method,
         request.url,
         headers=headers,
@@ -198,21 +211,24 @@ def _inflater(encoding: str) -> Any:
     return None
 
 
-def _response(response: httpx.Response, meterer: _Meterer, stream: Any) -> httpx.Response:
-    headers = response.headers.copy()
-    if meterer.rewrite:
-        for name in ("content-length", "content-encoding"):
-            headers.pop(name, None)
-    return httpx.Response(
-        response.status_code, headers=headers, stream=stream, extensions=response.extensions
-    )
+class _MeteredBody:
+    """A response body seen by a `_Meterer` on its way to the client; recorded when closed.
 
+    The sync and async bodies below are mixed, per HTTP library, into that library's own
+    `SyncByteStream` / `AsyncByteStream`, which its client checks for: `_body_classes`.
+    """
 
-class _MeteredByteStream(httpx.SyncByteStream):
-    def __init__(self, inner: httpx.SyncByteStream, meterer: _Meterer) -> None:
+    def __init__(self, inner: Any, meterer: _Meterer, http_error: type[Exception]) -> None:
         self._inner = inner
         self._meterer = meterer
+        self._http_error = http_error
 
+    def __del__(self) -> None:
+        if not self._meterer.recorded:
+            self._meterer.record()
+
+
+class _SyncBody(_MeteredBody):
     def __iter__(self) -> Iterator[bytes]:
         meterer = self._meterer
         try:
@@ -223,7 +239,7 @@ class _MeteredByteStream(httpx.SyncByteStream):
             tail = meterer.end()
             if tail:
                 yield tail
-        except httpx.HTTPError:
+        except self._http_error:
             meterer.broken = True
             raise
 
@@ -233,16 +249,8 @@ class _MeteredByteStream(httpx.SyncByteStream):
         finally:
             self._inner.close()
 
-    def __del__(self) -> None:
-        if not self._meterer.recorded:
-            self._meterer.record()
 
-
-class _AsyncMeteredByteStream(httpx.AsyncByteStream):
-    def __init__(self, inner: httpx.AsyncByteStream, meterer: _Meterer) -> None:
-        self._inner = inner
-        self._meterer = meterer
-
+class _AsyncBody(_MeteredBody):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         meterer = self._meterer
         try:
@@ -253,7 +261,7 @@ class _AsyncMeteredByteStream(httpx.AsyncByteStream):
             tail = meterer.end()
             if tail:
                 yield tail
-        except httpx.HTTPError:
+        except self._http_error:
             meterer.broken = True
             raise
 
@@ -263,90 +271,153 @@ class _AsyncMeteredByteStream(httpx.AsyncByteStream):
         finally:
             await self._inner.aclose()
 
-    def __del__(self) -> None:
-        if not self._meterer.recorded:
-            self._meterer.record()
+
+_body_lock = threading.Lock()
+_body_cache: dict[str, tuple[type[_MeteredBody], type[_MeteredBody]]] = {}
 
 
-class MeteringTransport(httpx.BaseTransport):
-    """`httpx.Client(transport=meter.transport(user=..., team=...))` meters every completion."""
+def _body_classes(lib: HttpLib) -> tuple[type[_MeteredBody], type[_MeteredBody]]:
+    """The sync and async metered body classes for `lib`'s clients, made once per library."""
+    classes = _body_cache.get(lib.name)
+    if classes is None:
+        with _body_lock:
+            classes = _body_cache.get(lib.name)
+            if classes is None:
+                sync = type("MeteredByteStream", (_SyncBody, lib.SyncByteStream), {})
+                async_ = type("AsyncMeteredByteStream", (_AsyncBody, lib.AsyncByteStream), {})
+                classes = _body_cache[lib.name] = (sync, async_)
+    return classes
+
+
+def _metered_response(
+    lib: HttpLib, plan: _Plan, response: httpx.Response, is_async: bool
+) -> httpx.Response:
+    meterer = _Meterer(plan, response)
+    body_class = _body_classes(lib)[is_async]
+    headers = response.headers.copy()
+    if meterer.rewrite:
+        for name in ("content-length", "content-encoding"):
+            headers.pop(name, None)
+    body: Any = body_class(response.stream, meterer, lib.HTTPError)
+    return lib.Response(
+        response.status_code, headers=headers, stream=body, extensions=response.extensions
+    )
+
+
+class _Base:
+    """What the sync and async transports share: attribution defaults, and the real transport
+    each library's requests go to (`wrapped=`, or that library's own, made when first needed)."""
 
     def __init__(
-        self,
-        meter: Meter,
-        *,
-        user: str | None = None,
-        team: str | None = None,
-        wrapped: httpx.BaseTransport | None = None,
+        self, meter: Recorder, user: str | None, team: str | None, wrapped: Any, is_async: bool
     ) -> None:
         self._meter = meter
         self._user = user
         self._team = team
-        self._wrapped = wrapped if wrapped is not None else httpx.HTTPTransport()
+        self._is_async = is_async
+        self._wrapped = wrapped
+        self._wrapped_lib = lib_of(wrapped)
+        self._defaults: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _inner(self, lib: HttpLib) -> Any:
+        """The transport `lib`'s requests are sent to."""
+        if self._wrapped is not None:
+            if lib is not self._wrapped_lib:  # an httpx2 client cannot use an httpx transport
+                raise TypeError(
+                    f"this metering transport wraps an {self._wrapped_lib.name} transport "
+                    f"({type(self._wrapped).__name__}); it cannot send {lib.name} requests"
+                )
+            return self._wrapped
+        inner = self._defaults.get(lib.name)
+        if inner is None:
+            with self._lock:
+                inner = self._defaults.get(lib.name)
+                if inner is None:
+                    make = lib.AsyncHTTPTransport if self._is_async else lib.HTTPTransport
+                    inner = self._defaults[lib.name] = make()
+        return inner
+
+    def _made(self) -> list[Any]:
+        """The real transports to close: the wrapped one, or those made here."""
+        with self._lock:
+            return [self._wrapped] if self._wrapped is not None else list(self._defaults.values())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(user={self._user!r}, team={self._team!r})"
+
+
+class MeteringTransport(_Base, httpx.BaseTransport):
+    """`httpx.Client(transport=meter.transport(user=..., team=...))` meters every completion;
+    so does `httpx2.Client(transport=meter.transport(...))`."""
+
+    def __init__(
+        self,
+        meter: Recorder,
+        *,
+        user: str | None = None,
+        team: str | None = None,
+        wrapped: object | None = None,
+    ) -> None:
+        super().__init__(meter, user, team, wrapped, is_async=False)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        lib = lib_of(request)
+        inner = self._inner(lib)
         try:
-            plan = _plan(request, self._meter, self._user, self._team)
+            plan = _plan(request, lib, self._meter, self._user, self._team)
         except BudgetExceeded as exc:
-            return budget_exceeded_response(request, exc)
+            return budget_exceeded_response(request, exc, lib)
         if plan is None:
-            return self._wrapped.handle_request(request)
+            response: httpx.Response = inner.handle_request(request)
+            return response
         try:
-            response = self._wrapped.handle_request(plan.request)
-        except httpx.HTTPError:
+            response = inner.handle_request(plan.request)
+        except lib.HTTPError:
             plan.call.record(http_error_outcome())
             raise
-        meterer = _Meterer(plan, response)
-        assert isinstance(response.stream, httpx.SyncByteStream)
-        return _response(response, meterer, _MeteredByteStream(response.stream, meterer))
+        assert isinstance(response.stream, lib.SyncByteStream)
+        return _metered_response(lib, plan, response, is_async=False)
 
     def close(self) -> None:
-        self._wrapped.close()
-
-    def __repr__(self) -> str:
-        return f"MeteringTransport(user={self._user!r}, team={self._team!r})"
+        for inner in self._made():
+            inner.close()
 
 
-class AsyncMeteringTransport(httpx.AsyncBaseTransport):
-    """The asyncio twin: `httpx.AsyncClient(transport=meter.async_transport(...))`."""
+class AsyncMeteringTransport(_Base, httpx.AsyncBaseTransport):
+    """The asyncio twin: `httpx.AsyncClient(transport=meter.async_transport(...))`, or
+    `httpx2.AsyncClient(...)`."""
 
     def __init__(
         self,
-        meter: Meter,
+        meter: Recorder,
         *,
         user: str | None = None,
         team: str | None = None,
-        wrapped: httpx.AsyncBaseTransport | None = None,
+        wrapped: object | None = None,
     ) -> None:
-        self._meter = meter
-        self._user = user
-        self._team = team
-        self._wrapped = wrapped if wrapped is not None else httpx.AsyncHTTPTransport()
+        super().__init__(meter, user, team, wrapped, is_async=True)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if (
-            request.method == "POST"
-            and request.url.path.endswith("/completions")
-            and not isinstance(request.stream, httpx.ByteStream)
-        ):
+        lib = lib_of(request)
+        inner = self._inner(lib)
+        if _is_completion(request) and not isinstance(request.stream, lib.ByteStream):
             await request.aread()  # an async body must be read before `_plan` reads it
         try:
-            plan = _plan(request, self._meter, self._user, self._team)
+            plan = _plan(request, lib, self._meter, self._user, self._team)
         except BudgetExceeded as exc:
-            return budget_exceeded_response(request, exc)
+            return budget_exceeded_response(request, exc, lib)
         if plan is None:
-            return await self._wrapped.handle_async_request(request)
+            response: httpx.Response = await inner.handle_async_request(request)
+            return response
         try:
-            response = await self._wrapped.handle_async_request(plan.request)
-        except httpx.HTTPError:
+            response = await inner.handle_async_request(plan.request)
+        except lib.HTTPError:
             plan.call.record(http_error_outcome())
             raise
-        meterer = _Meterer(plan, response)
-        assert isinstance(response.stream, httpx.AsyncByteStream)
-        return _response(response, meterer, _AsyncMeteredByteStream(response.stream, meterer))
+        assert isinstance(response.stream, lib.AsyncByteStream)
+        return _metered_response(lib, plan, response, is_async=True)
 
     async def aclose(self) -> None:
-        await self._wrapped.aclose()
-
-    def __repr__(self) -> str:
-        return f"AsyncMeteringTransport(user={self._user!r}, team={self._team!r})"
+        for inner in self._made():
+            await inner.aclose()

@@ -13,7 +13,6 @@ import itertools
 import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -25,6 +24,7 @@ from sqlalchemy.engine import Connection
 
 from meter.db import models
 from meter.events import EventRecord
+from meter.events import InsertResult as InsertResult  # defined there: the recorder needs no SQL
 from meter.money import provider_cost_to_units
 from meter.pricing import Price, PriceBook
 from meter.settings import DEFAULT_LOOKUP_WINDOW_SECONDS
@@ -58,12 +58,6 @@ EVENT_COLUMNS = (
 _QUOTED = ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
 
 Group = tuple[date, str, str, str]  # (week_start, team, user, model)
-
-
-@dataclass(frozen=True)
-class InsertResult:
-    inserted: int
-    duplicates: int
 
 
 def load_price_book(conn: Connection) -> PriceBook:

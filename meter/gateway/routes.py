@@ -69,7 +69,7 @@ class Gateway:
 
     settings: Settings
     db: Database
-    meter: Any  # meter.recorder.meter.Meter
+    meter: Any  # meter.recorder.meter.Recorder
     gate: BudgetGate
     _http: httpx.AsyncClient | None = None
     _models: tuple[float, Response] | None = None
@@ -77,9 +77,9 @@ class Gateway:
 
     @classmethod
     def start(cls, settings: Settings, db: Database) -> Gateway:
-        from meter.recorder.meter import Meter
+        from meter.recorder.meter import Recorder
 
-        return cls(settings, db, Meter(settings=settings), BudgetGate(db))
+        return cls(settings, db, Recorder(settings=settings), BudgetGate(db))
 
     def http(self) -> httpx.AsyncClient:
         if self._http is None:

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meter._exceptions import StoreUnavailable
-from meter.db.ledger import InsertResult
-from meter.events import EventRecord
+from meter.events import EventRecord, InsertResult
 from meter.recorder import segments
 from meter.recorder.spool import Handoff, OwnSegment, SpoolWriter
 from meter.recorder.stores import BatchRejected, Store

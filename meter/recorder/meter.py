@@ -1,4 +1,5 @@
-"""`Meter`: where a metered call's event goes.
+"""`Recorder`: where a metered call's event goes (`meter.Meter` is a Recorder that also makes
+metering transports: they belong to the client layer, above this one).
 
 The caller's path is one `write(2)` of a JSON line to this process's spool segment: the event
 is durable against `kill -9` before `_submit`/`record` return, and nothing else happens there.
@@ -18,9 +19,8 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
-from meter.db.session import Database
 from meter.events import EventRecord, format_timestamp
 from meter.pricing import Price
 from meter.recorder import lifecycle
@@ -32,10 +32,8 @@ from meter.recorder.validate import build_event
 from meter.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    import httpx
-
     from meter.budgets.guard import BudgetGuard
-    from meter.client._transport import AsyncMeteringTransport, MeteringTransport
+    from meter.db.session import Database
 
 log = logging.getLogger("meter.recorder")
 
@@ -104,7 +102,7 @@ _OPTIONAL_COUNTS = ("cached_tokens", "reasoning_tokens", "latency_ms", "ttft_ms"
 
 @dataclass(frozen=True)
 class RecorderStats:
-    """What this Meter did so far: `dropped` events were lost to a full (or unwritable) spool;
+    """What this Recorder did so far: `dropped` events were lost to a full (or unwritable) spool;
     `skipped_lines` were torn or corrupt spool lines; `rejected` events the store refused."""
 
     spooled: int
@@ -116,7 +114,7 @@ class RecorderStats:
     replayed_segments: int
 
 
-class Meter:
+class Recorder:
     def __init__(
         self,
         database_url: str | None = None,
@@ -201,29 +199,6 @@ class Meter:
         """The open database (opening it if needed, so call it off the hot path); None with
         `api_url`, or while the database cannot be reached or its schema is old."""
         return self._store.database()
-
-    # -- httpx transports (meter.client) ---------------------------------------------------
-    def transport(
-        self,
-        user: str | None = None,
-        team: str | None = None,
-        wrapped: httpx.BaseTransport | None = None,
-    ) -> MeteringTransport:
-        """An httpx transport that meters any POST to `*/chat/completions` or `*/completions`."""
-        from meter.client._transport import MeteringTransport
-
-        return MeteringTransport(self, user=user, team=team, wrapped=wrapped)
-
-    def async_transport(
-        self,
-        user: str | None = None,
-        team: str | None = None,
-        wrapped: httpx.AsyncBaseTransport | None = None,
-    ) -> AsyncMeteringTransport:
-        """The asyncio twin of `transport()`, for `httpx.AsyncClient`."""
-        from meter.client._transport import AsyncMeteringTransport
-
-        return AsyncMeteringTransport(self, user=user, team=team, wrapped=wrapped)
 
     # -- public API --------------------------------------------------------------------------
     def record(
@@ -318,7 +293,7 @@ class Meter:
         if not self._closed:
             self._drain.after_fork()
 
-    def __enter__(self) -> Meter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -1,5 +1,8 @@
 """Where the drain stores spooled events: a database, or a meter server's `POST /v1/events`.
 
+The database parts (SQLAlchemy, Alembic) are imported where a `DatabaseStore` uses them: an
+application that sends its events to a meter server never loads them.
+
 A store raises `StoreUnavailable` when it cannot take events now (down, locked, old schema,
 rejected key): the drain keeps them in the spool and retries. It raises `BatchRejected` when the
 data itself is refused: the drain splits the batch to find and skip the bad event.
@@ -12,20 +15,18 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
-import sqlalchemy as sa
 
 from meter._exceptions import ConfigError, StoreUnavailable
-from meter.db import migrate
-from meter.db.engine import check_reachable, make_engine, normalize_url
-from meter.db.ledger import InsertResult, insert_events, load_price_book
-from meter.db.session import Database
-from meter.events import EventRecord, parse_timestamp
+from meter.events import EventRecord, InsertResult, parse_timestamp
 from meter.pricing import PriceBook, make_price
 from meter.settings import Settings
 from meter.weeks import load_timezone
+
+if TYPE_CHECKING:
+    from meter.db.session import Database
 
 log = logging.getLogger("meter.recorder")
 
@@ -94,6 +95,10 @@ class DatabaseStore:
         self._warn = _Warner()
 
     def _open(self) -> Database:
+        from meter.db import migrate
+        from meter.db.engine import check_reachable, make_engine, normalize_url
+        from meter.db.session import Database
+
         url = normalize_url(self.settings.database_url)
         sqlite = url.get_backend_name() == "sqlite"
         if sqlite:
@@ -156,6 +161,10 @@ class DatabaseStore:
             return None
 
     def store(self, events: Sequence[EventRecord], raw: Sequence[bytes]) -> InsertResult:
+        import sqlalchemy as sa
+
+        from meter.db.ledger import insert_events, load_price_book
+
         db = self.open()
         try:
             with db.engine.begin() as conn:
@@ -184,6 +193,8 @@ class DatabaseStore:
             raise StoreUnavailable(problem) from exc
 
     def load_prices(self) -> PriceBook | None:
+        from meter.db.ledger import load_price_book
+
         db = self.database()
         if db is None:
             return None

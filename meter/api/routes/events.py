@@ -51,13 +51,14 @@ from meter.api.schemas import (
     rfc3339_to_datetime,
 )
 from meter.db import models
-from meter.db.ledger import InsertResult, insert_events, load_price_book
+from meter.db.ledger import insert_events, load_price_book
 from meter.db.session import Database
 from meter.events import (
     MAX_MILLIS,
     MAX_TAGS,
     MAX_TOKENS_PER_EVENT,
     EventRecord,
+    InsertResult,
 )
 from meter.metrics import EVENTS_INGESTED
 
