@@ -190,8 +190,10 @@ def process(
     env: dict[str, str] | None = None,
     log: Path | None = None,
     unset: Sequence[str] = (),
+    cpus: set[int] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A child process, ended (SIGTERM, then SIGKILL) by its own pid when the block exits."""
+    """A child process, ended (SIGTERM, then SIGKILL) by its own pid when the block exits;
+    pinned to `cpus` when given."""
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
     out = open(log, "wb") if log is not None else subprocess.DEVNULL  # noqa: SIM115
@@ -199,6 +201,9 @@ def process(
     proc = subprocess.Popen(
         list(cmd), env={**child_env, **(env or {})}, stdout=out, stderr=subprocess.STDOUT
     )
+    if cpus is not None:
+        # At once, before the child's interpreter has started any thread: its threads inherit.
+        os.sched_setaffinity(proc.pid, cpus)
     try:
         yield proc
     finally:
@@ -214,12 +219,12 @@ def process(
 
 
 @contextlib.contextmanager
-def upstream() -> Iterator[str]:
+def upstream(cpus: set[int] | None = None) -> Iterator[str]:
     """The minimal fixed-completion upstream (bench/upstream.py) in its own process; yields its
     base URL (`http://127.0.0.1:PORT/v1`)."""
     port = free_port()
     cmd = [PYTHON, str(REPO / "bench" / "upstream.py"), "--port", str(port)]
-    with process(cmd, log=CACHE / "logs" / "upstream.log") as proc:
+    with process(cmd, log=CACHE / "logs" / "upstream.log", cpus=cpus) as proc:
         wait_http(f"http://127.0.0.1:{port}/health", proc=proc)
         yield f"http://127.0.0.1:{port}/v1"
 

@@ -25,6 +25,7 @@ FULL = [
     ["bench.memory"],
     ["bench.rollup"],  # includes the read path on the rolled-up 5M dataset
     ["bench.import_time"],
+    ["bench.gateway"],
 ]
 QUICK = [
     ["bench.client_overhead", "--calls", "300", "--warmup", "30"],
@@ -33,6 +34,7 @@ QUICK = [
     ["bench.memory", "--calls", "2000"],
     ["bench.rollup", "--sizes", "20000,100000"],
     ["bench.import_time", "--runs", "3"],
+    ["bench.gateway", "--quick"],
 ]
 
 

@@ -4,21 +4,26 @@ Deliberately not meter's mock upstream (which tokenizes and plans misbehaviour):
 a server whose own cost is small and identical for every client measured against it.
 `POST /v1/chat/completions` answers a fixed JSON body, or with `"stream": true` a fixed SSE
 stream (an OpenRouter comment line, 8 content chunks, a usage chunk when the request asks for
-it with `stream_options.include_usage`, `[DONE]`). Standalone: no meter import, so the LiteLLM
-venv's processes and meter's speak to the very same bytes.
+it with `stream_options.include_usage`, `[DONE]`). A stream for the model `bench-paced` pauses
+`--pause-ms` between its frames, like a model producing tokens, so that a proxy holding a chunk
+back shows. Standalone: no meter import, so the LiteLLM venv's processes and meter's speak to
+the very same bytes.
 
-    python bench/upstream.py --port 8001
+    python bench/upstream.py --port 8001 [--pause-ms 20]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from typing import Any
 
 import uvicorn
 
 MODEL = "mistralai/mistral-7b-instruct-v0.1"
+PACED_MODEL = "bench-paced"  # its streams pause between frames
+PAUSE_S = 0.02
 PIECES = ["Hello", "!", " How", " can", " I", " help", " you", " today?"]
 USAGE = {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21, "cost": "0.00000303"}
 _USAGE_JSON = '{"prompt_tokens":12,"completion_tokens":9,"total_tokens":21,"cost":0.00000303}'
@@ -113,7 +118,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 ],
             }
         )
-        for frame in frames:
+        pause = PAUSE_S if request.get("model") == PACED_MODEL else 0.0
+        for i, frame in enumerate(frames):
+            if pause and i:
+                await asyncio.sleep(pause)
             await send({"type": "http.response.body", "body": frame, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return
@@ -135,9 +143,12 @@ async def _send(send: Any, status: int, content_type: bytes, body: bytes) -> Non
 
 
 def main() -> None:
+    global PAUSE_S
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--pause-ms", type=float, default=PAUSE_S * 1000)
     args = parser.parse_args()
+    PAUSE_S = args.pause_ms / 1000
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
 
 
