@@ -12,9 +12,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from meter.budgets.repository import (
+    _BUDGET_COLUMNS,
     SPLIT,
     BudgetRow,
-    list_budgets,
+    _budget,
     rollup_spend_subqueries,
     scope_condition,
 )
@@ -37,14 +38,26 @@ class BudgetState:
     reserved_units: int  # open reservations (running calls, cancelled calls awaiting lookup)
 
 
+# Built once, run with each call's team and user: building the statement (and its cache key)
+# at every call cost SQLAlchemy several times what running it does, on every gateway call,
+# budgets or not. A NULL team or user matches no subject.
+_COVERING = (
+    sa.select(*_BUDGET_COLUMNS)
+    .where(
+        B.enforce.is_(True),
+        sa.or_(
+            B.scope == "global",
+            sa.and_(B.scope == "team", B.subject == sa.bindparam("team")),
+            sa.and_(B.scope == "user", B.subject == sa.bindparam("user")),
+        ),
+    )
+    .order_by(B.id)
+)
+
+
 def covering_budgets(conn: Connection, team: str | None, user: str | None) -> list[BudgetRow]:
     """The enforced budgets that cover a call of `team` and `user`."""
-    scopes = [B.scope == "global"]
-    if team is not None:
-        scopes.append(sa.and_(B.scope == "team", B.subject == team))
-    if user is not None:
-        scopes.append(sa.and_(B.scope == "user", B.subject == user))
-    return list_budgets(conn, enforced_only=True, where=sa.or_(*scopes))
+    return [_budget(r) for r in conn.execute(_COVERING, {"team": team, "user": user})]
 
 
 def lock_budgets(conn: Connection, ids: Sequence[int]) -> None:
