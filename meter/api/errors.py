@@ -292,7 +292,7 @@ def _query_names(route: APIRoute) -> frozenset[str]:
     return frozenset(names)
 
 
-def reject_unknown_query_params(request: Request) -> None:
+async def reject_unknown_query_params(request: Request) -> None:
     """An app-wide dependency: a query parameter no route declares is a 422, not ignored
     (a typo such as `?tema=search` would otherwise silently widen the answer)."""
     route = request.scope.get("route")
