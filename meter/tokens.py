@@ -159,6 +159,17 @@ def count_prompt(prompt: object) -> int:
     return 0
 
 
+# The longest piece of the Mistral v1 vocabulary is 48 UTF-8 bytes (`▁` is 3 of them): a text
+# of N bytes takes at least N / 48 tokens, whatever the tokenizer makes of it.
+MAX_PIECE_BYTES = 48
+
+
+def messages_lower_bound(messages: Sequence[object]) -> int:
+    """Tokens a chat takes at least: enough to refuse a huge prompt without tokenizing it."""
+    total = sum(len(text.encode("utf-8", "surrogatepass")) for _, text in _messages_text(messages))
+    return total // MAX_PIECE_BYTES
+
+
 def messages_upper_bound(messages: Sequence[object]) -> int:
     """A cheap bound no tokenizer exceeds: one token per UTF-8 byte, plus the template."""
     total = TEMPLATE_BOUND_PER_CHAT

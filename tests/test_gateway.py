@@ -381,3 +381,25 @@ def test_the_upstream_key_and_the_clients_key_are_never_stored_or_logged(
         assert secret.encode() not in spooled
         assert secret not in caplog.text
     assert len(stored_events(db_url)) == 2
+
+
+def test_a_body_over_the_gateway_limit_is_413_and_wrong_methods_405(
+    db: Database, db_url: str, upstream: tuple[MockUpstream, str], tmp_path: Path
+) -> None:
+    settings = gateway_settings(
+        db_url, upstream[1], tmp_path / "s", gateway_max_body_bytes=10 * 1024**2
+    )
+    server = GatewayServer(settings, db)
+    try:
+        headers = {"Authorization": f"Bearer {gateway_key(db)}"}
+        big = {"model": MODEL, "messages": [{"role": "user", "content": "x" * (9 * 1024**2)}]}
+        r = httpx.post(f"{server.base_url}/chat/completions", headers=headers, json=big)
+        assert r.status_code == 400  # over 8 MiB (the API's limit) is fine here: the context
+        assert r.json()["error"]["param"] == "messages"
+        bigger = {**big, "messages": [{"role": "user", "content": "x" * (11 * 1024**2)}]}
+        r = httpx.post(f"{server.base_url}/chat/completions", headers=headers, json=bigger)
+        assert r.status_code == 413 and "error" in r.json()
+        r = httpx.get(f"{server.base_url}/chat/completions", headers=headers)
+        assert r.status_code == 405 and r.headers["allow"] == "POST"
+    finally:
+        server.stop()

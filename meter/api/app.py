@@ -84,7 +84,9 @@ def create_app(
     app.state.scheduler = build_scheduler(db, settings.rollup_interval_seconds)
     add_lookup_job(app.state.scheduler, db, settings)  # only with OPENROUTER_API_KEY
 
-    install_error_handlers(app, gateway.GATEWAY_PATHS, settings.gateway_max_body_bytes)
+    install_error_handlers(app)
+    # Added last, so it runs first: gateway calls skip the API's layers (meter.gateway.routes).
+    app.add_middleware(gateway.GatewayDispatch, max_body_bytes=settings.gateway_max_body_bytes)
 
     for module in (
         health,
@@ -100,7 +102,6 @@ def create_app(
         metrics,
         docs,
         dashboard,
-        gateway,
     ):
         app.include_router(module.router)
     return app

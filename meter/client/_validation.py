@@ -12,7 +12,12 @@ from numbers import Real
 from typing import Any
 
 from meter._exceptions import InvalidRequest
-from meter.tokens import count_messages, exact_available, messages_upper_bound
+from meter.tokens import (
+    count_messages,
+    exact_available,
+    messages_lower_bound,
+    messages_upper_bound,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,11 +185,14 @@ def check_context(
     wanted = max_tokens or 0
     if messages_upper_bound(messages) + wanted <= context_length:
         return
-    prompt = count_messages(messages)
+    # A prompt surely too long is refused without tokenizing it (megabytes take seconds).
+    at_least = messages_lower_bound(messages)
+    surely_over = at_least + wanted > context_length
+    prompt = at_least if surely_over else count_messages(messages)
     if prompt + wanted > context_length:
         param = "max_tokens" if max_tokens else "messages"
         raise InvalidRequest(
-            f"{param}: the prompt is {prompt} tokens"
+            f"{param}: the prompt is {'at least ' if surely_over else ''}{prompt} tokens"
             + (f" + max_tokens {wanted} = {prompt + wanted}" if wanted else "")
             + f", over the model's context length of {context_length} tokens",
             param,

@@ -1,5 +1,9 @@
 """The gateway's routes: `POST /v1/chat/completions`, `POST /v1/completions`, `GET /v1/models`.
 
+They are dispatched by `GatewayDispatch`, an ASGI middleware in front of the API's router: a
+gateway call skips FastAPI's routing, dependencies and exception layers, whose cost per call is
+a large share of a proxy's own (see BENCHMARKS.md, Gateway).
+
 Only `gateway` keys may call them (every other key gets 403 here, and a gateway key gets 403
 everywhere else); with no key at all (open mode, loopback only) calls go through unattributed.
 Every answer that is not the upstream's own is in OpenAI's error envelope.
@@ -10,16 +14,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 import httpx
-from fastapi import APIRouter, Request
+from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from meter._exceptions import InvalidRequest
+from meter.api.errors import BodySizeLimit
 from meter.budgets.repository import BudgetRow
 from meter.client._record import Call
 from meter.db.session import Database
@@ -41,26 +48,25 @@ from meter.settings import Settings
 
 log = logging.getLogger("meter.gateway")
 
-router = APIRouter(tags=["gateway"])
-
 MODELS_CACHE_S = 300.0  # GET /v1/models: the upstream's answer is reused for at most this long
 # OpenAI routes meter does not serve: 404 in OpenAI's envelope rather than FastAPI's.
-UNSERVED = (
-    "embeddings",
-    "responses",
-    "moderations",
-    "images/{rest:path}",
-    "audio/{rest:path}",
-    "files",
-    "batches",
-    "fine_tuning/{rest:path}",
-    "assistants",
-    "threads",
-    "vector_stores",
-    "uploads",
-    "realtime",
+UNSERVED = frozenset(
+    {
+        "embeddings",
+        "responses",
+        "moderations",
+        "images",
+        "audio",
+        "files",
+        "batches",
+        "fine_tuning",
+        "assistants",
+        "threads",
+        "vector_stores",
+        "uploads",
+        "realtime",
+    }
 )
-GATEWAY_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/models"})
 
 
 @dataclass
@@ -354,10 +360,56 @@ async def _not_served(request: Request) -> Response:
     )
 
 
-# Plain Starlette routes, not FastAPI's: the gateway's calls need none of its dependency
-# machinery (the app-wide query check, body models), which costs a call's CPU for nothing.
-router.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
-router.add_route("/v1/completions", completions, methods=["POST"])
-router.add_route("/v1/models", models, methods=["GET"])
-for _path in UNSERVED:
-    router.add_route(f"/v1/{_path}", _not_served, methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
+_ROUTES: dict[str, tuple[str, Callable[[Request], Awaitable[Response]]]] = {
+    "/v1/chat/completions": ("POST", chat_completions),
+    "/v1/completions": ("POST", completions),
+    "/v1/models": ("GET", models),
+}
+
+
+def _route(path: str) -> tuple[str | None, Callable[[Request], Awaitable[Response]]] | None:
+    """The gateway's handler of a path (and the method it takes), or None: not the gateway's."""
+    route = _ROUTES.get(path)
+    if route is not None:
+        return route
+    if path.startswith("/v1/") and path[4:].split("/", 1)[0] in UNSERVED:
+        return None, _not_served
+    return None
+
+
+class GatewayDispatch:
+    """ASGI middleware: the gateway's paths go straight to their handlers (within a body size
+    limit of their own); everything else goes on to the API."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = _route(scope["path"]) if scope["type"] == "http" else None
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        method, handler = route
+
+        async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+            request = Request(scope, receive)
+            if method is not None and request.method != method:
+                response = openai_error(
+                    405,
+                    f"{request.url.path} takes {method}",
+                    type="invalid_request_error",
+                    code="method_not_allowed",
+                    headers={"Allow": method},
+                )
+            else:
+                response = await handler(request)
+            await response(scope, receive, send)
+
+        limited = BodySizeLimit(
+            endpoint,
+            max_bytes=self.max_body_bytes,
+            gateway_paths=frozenset([scope["path"]]),
+            gateway_max_bytes=self.max_body_bytes,
+        )
+        await limited(scope, receive, send)
