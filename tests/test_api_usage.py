@@ -216,6 +216,8 @@ def test_user_report_per_model_across_teams(client: TestClient):
         "user": "alice",
         "week": "2026-W48",
         "week_start": "2026-11-23",
+        "from": "2026-11-23",  # SPEC section 8: every user report says which dates it covers
+        "to": "2026-11-29",
         "lines": [
             {
                 "model": SEED_MODEL,

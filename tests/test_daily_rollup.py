@@ -153,7 +153,7 @@ def test_the_migration_gives_stored_events_their_day_and_daily_rows(databases: D
                 monday -= timedelta(days=monday.weekday())
                 conn.execute(
                     sa.text(
-                        "INSERT INTO events (id, occurred_at, week_start, model, \"user\", team, "
+                        'INSERT INTO events (id, occurred_at, week_start, model, "user", team, '
                         "prompt_tokens, completion_tokens, status, usage_source, "
                         "input_cost_units, output_cost_units, received_at) VALUES "
                         "(:id, :at, :w, :m, 'alice', 'search', 10, 20, 'ok', 'provider', "
@@ -177,7 +177,7 @@ def test_the_migration_gives_stored_events_their_day_and_daily_rows(databases: D
                 sa.text(
                     'INSERT INTO weekly_usage SELECT week_start, team, "user", model, COUNT(*), '
                     "SUM(prompt_tokens), SUM(completion_tokens), 0, 0, 0, SUM(input_cost_units), "
-                    'SUM(output_cost_units), MIN(received_at) FROM events '
+                    "SUM(output_cost_units), MIN(received_at) FROM events "
                     'GROUP BY week_start, team, "user", model'
                 )
             )

@@ -225,9 +225,7 @@ an_event = st.builds(
         prompt_tokens=prompt,
         completion_tokens=completion,
         status=status,
-        usage_source={"incomplete": "estimated", "cancelled": "reconciled"}.get(
-            status, "provider"
-        ),
+        usage_source={"incomplete": "estimated", "cancelled": "reconciled"}.get(status, "provider"),
         provider_cost_usd=provider,
         tags=tag,
     ),

@@ -155,6 +155,7 @@ def user_page(
 ) -> UserPage:
     """A user's bill for a week by model (`team`: what a team-scoped key may see)."""
     report = user_report(db, user, week=week, team=team, now=now)
+    assert report.week is not None  # a week was asked for
     shown = parse_week(report.week)
     current = this_week(db, now)
     return UserPage(

@@ -13,8 +13,9 @@ from meter.budgets.rules import ratio
 from meter.db.session import Database
 from meter.events import format_timestamp
 from meter.money import render_usd
-from meter.reports import queries
+from meter.reports import period_queries, queries
 from meter.reports.queries import DIMENSIONS, Totals
+from meter.reports.ranges import date_range
 from meter.reports.schemas import (
     TeamBudget,
     TeamSummary,
@@ -143,14 +144,25 @@ def user_report(
     user: str,
     *,
     week: str | None = None,
+    day: str | None = None,
+    month: str | None = None,
+    first: str | None = None,
+    last: str | None = None,
     team: str | None = None,
     now: datetime | None = None,
 ) -> UserReport:
-    """A user's bill for one week, per model, across teams (`team` limits it to one)."""
-    target = parse_week_param(week, "week") if week is not None else this_week(db, now)
+    """A user's bill for a week (default this week), a day, a month or from/to local dates,
+    per model, across teams (`team` limits it to one)."""
+    span = date_range(
+        db, day=day, week=week, month=month, first=first, last=last, default="week", now=now
+    )
+    target = span.window.week if span.window is not None else None
     with queries.reading(db) as conn:
         as_of = _as_of(conn)
-        found = queries.user_lines(conn, user, target.start, team)
+        if target is not None:
+            found = queries.user_lines(conn, user, target.start, team)
+        else:
+            found = period_queries.user_lines(conn, user, span.first, span.last, team)
     lines = []
     priced = False
     total = 0
@@ -173,8 +185,10 @@ def user_report(
             total += t.cost_units
     return UserReport(
         user=user,
-        week=target.label,
-        week_start=target.start.isoformat(),
+        week=target.label if target else None,
+        week_start=target.start.isoformat() if target else None,
+        first=span.first.isoformat(),
+        to=span.last.isoformat(),
         lines=lines,
         total_cost_usd=render_usd(total) if priced or not lines else None,
         as_of=as_of,

@@ -354,7 +354,7 @@ def write_tags(
     conn.execute(
         _text(
             f"INSERT INTO daily_tag_usage ({_TAG_COLUMNS}) "
-            f"SELECT e.day, j.key, j.value, e.team, e.\"user\", e.model, e.week_start, "
+            f'SELECT e.day, j.key, j.value, e.team, e."user", e.model, e.week_start, '
             f"{AGGREGATES} FROM {joins} {each} JOIN tag_keys t ON t.key = j.key "
             f"WHERE e.tags IS NOT NULL AND j.value IS NOT NULL AND {where} "
             f'GROUP BY e.day, j.key, j.value, e.team, e."user", e.model, e.week_start'

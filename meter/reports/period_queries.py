@@ -1,0 +1,184 @@
+"""The SQL of reports by day, week or month, over the daily roll-up (daily_usage) and the
+rolled-up tags (daily_tag_usage); never over raw events. Money sums are exact (see queries)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from meter.db import models
+from meter.periods import PeriodKind
+from meter.reports.queries import DIMENSIONS, Totals, _money, _totals
+
+du: sa.Table = models.DailyUsage.__table__  # type: ignore[assignment]
+dtu: sa.Table = models.DailyTagUsage.__table__  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class PeriodTotals:
+    period_start: date
+    team: str | None
+    user: str | None
+    model: str | None
+    tag_value: str | None  # only with a tag group; None: events without the tag
+    totals: Totals
+
+
+def _totals_columns(table: sa.Table) -> list[sa.ColumnElement[Any]]:
+    c = table.c
+    return [
+        sa.func.sum(c.requests).label("requests"),
+        sa.func.sum(c.prompt_tokens).label("prompt_tokens"),
+        sa.func.sum(c.completion_tokens).label("completion_tokens"),
+        sa.func.sum(c.errors).label("errors"),
+        sa.func.sum(c.estimated).label("estimated"),
+        sa.func.sum(c.unpriced).label("unpriced"),
+        *_money(c.input_cost_units, "input"),
+        *_money(c.output_cost_units, "output"),
+    ]
+
+
+def _period_start(conn: Connection, table: sa.Table, kind: PeriodKind) -> sa.ColumnElement[Any]:
+    """The column that names a row's period: its day, its Monday, or its month's first day."""
+    if kind == "day":
+        return table.c.day
+    if kind == "week":
+        return table.c.week_start
+    if conn.dialect.name == "postgresql":
+        return sa.func.date_trunc("month", table.c.day).cast(sa.Date)
+    return sa.func.substr(table.c.day, 1, 7)  # SQLite stores dates as text: YYYY-MM
+
+
+def _as_start(kind: PeriodKind, value: Any) -> date:
+    if isinstance(value, date):
+        return value
+    text = str(value)
+    return date.fromisoformat(text + "-01" if kind == "month" and len(text) == 7 else text[:10])
+
+
+def period_totals(
+    conn: Connection,
+    kind: PeriodKind,
+    first_day: date,
+    last_day: date,
+    *,
+    team: str | None = None,
+    user: str | None = None,
+    model: str | None = None,
+    group_by: Sequence[str] = DIMENSIONS,
+    tag_key: str | None = None,
+) -> list[PeriodTotals]:
+    """Totals per period and `group_by` dimensions over local days first_day..last_day; with
+    `tag_key`, per value of that tag too, plus the rest (events without it) as value None."""
+    base = _grouped(conn, du, kind, first_day, last_day, team, user, model, group_by)
+    if tag_key is None:
+        return base
+    tagged = _grouped(
+        conn, dtu, kind, first_day, last_day, team, user, model, group_by, tag_key=tag_key
+    )
+    rest: dict[tuple[Any, ...], Totals] = {
+        (r.period_start, r.team, r.user, r.model): r.totals for r in base
+    }
+    for r in tagged:
+        key = (r.period_start, r.team, r.user, r.model)
+        rest[key] = minus(rest[key], r.totals)
+    out = list(tagged)
+    for (start, t, u, m), totals in rest.items():
+        if totals.requests:
+            out.append(PeriodTotals(start, t, u, m, None, totals))
+    out.sort(key=lambda r: (r.period_start, r.team or "", r.user or "", r.model or "",
+                            r.tag_value is None, r.tag_value or ""))  # fmt: skip
+    return out
+
+
+def minus(a: Totals, b: Totals) -> Totals:
+    return Totals(
+        requests=a.requests - b.requests,
+        prompt_tokens=a.prompt_tokens - b.prompt_tokens,
+        completion_tokens=a.completion_tokens - b.completion_tokens,
+        errors=a.errors - b.errors,
+        estimated=a.estimated - b.estimated,
+        unpriced=a.unpriced - b.unpriced,
+        input_units=a.input_units - b.input_units,
+        output_units=a.output_units - b.output_units,
+    )
+
+
+def _grouped(
+    conn: Connection,
+    table: sa.Table,
+    kind: PeriodKind,
+    first_day: date,
+    last_day: date,
+    team: str | None,
+    user: str | None,
+    model: str | None,
+    group_by: Sequence[str],
+    tag_key: str | None = None,
+) -> list[PeriodTotals]:
+    start = _period_start(conn, table, kind).label("period_start")
+    dims = [table.c[d] for d in DIMENSIONS if d in group_by]
+    keys: list[sa.ColumnElement[Any]] = [start, *dims]
+    if tag_key is not None:
+        keys.append(table.c.tag_value)
+    query = sa.select(*keys, *_totals_columns(table)).where(
+        table.c.day >= first_day, table.c.day <= last_day
+    )
+    if tag_key is not None:
+        query = query.where(table.c.tag_key == tag_key)
+    for name, value in (("team", team), ("user", user), ("model", model)):
+        if value is not None:
+            query = query.where(table.c[name] == value)
+    query = query.group_by(*keys)
+    out = []
+    for row in conn.execute(query):
+        m = row._mapping
+        out.append(
+            PeriodTotals(
+                period_start=_as_start(kind, m["period_start"]),
+                team=m["team"] if "team" in group_by else None,
+                user=m["user"] if "user" in group_by else None,
+                model=m["model"] if "model" in group_by else None,
+                tag_value=m["tag_value"] if tag_key is not None else None,
+                totals=_totals(row),
+            )
+        )
+    out.sort(key=lambda r: (r.period_start, r.team or "", r.user or "", r.model or ""))
+    return out
+
+
+def billing_lines(
+    conn: Connection, first_day: date, last_day: date, team: str | None = None
+) -> list[tuple[str, str, str, Totals]]:
+    """(team, user, model, totals) over local days first_day..last_day."""
+    keys = (du.c.team, du.c.user, du.c.model)
+    query = sa.select(*keys, *_totals_columns(du)).where(
+        du.c.day >= first_day, du.c.day <= last_day
+    )
+    if team is not None:
+        query = query.where(du.c.team == team)
+    query = query.group_by(*keys).order_by(*keys)
+    return [(r.team, r.user, r.model, _totals(r)) for r in conn.execute(query)]
+
+
+def user_lines(
+    conn: Connection, user: str, first_day: date, last_day: date, team: str | None = None
+) -> list[tuple[str, Totals]]:
+    """One user's days first_day..last_day per model, across teams (or only `team`'s)."""
+    query = sa.select(du.c.model, *_totals_columns(du)).where(
+        du.c.user == user, du.c.day >= first_day, du.c.day <= last_day
+    )
+    if team is not None:
+        query = query.where(du.c.team == team)
+    query = query.group_by(du.c.model).order_by(du.c.model)
+    return [(row.model, _totals(row)) for row in conn.execute(query)]
+
+
+def rolled_up_tag_keys(conn: Connection) -> list[str]:
+    t = models.TagKey
+    return [str(k) for k in conn.execute(sa.select(t.key).order_by(t.key)).scalars()]
