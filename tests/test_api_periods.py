@@ -278,3 +278,21 @@ def test_the_cli_billing_and_user_reports_are_the_apis(ny, monkeypatch: pytest.M
     result = runner.invoke(app, ["report", "billing", "--month", "2026-13"])
     assert result.exit_code != 0
     assert "--month" in result.output
+
+
+def test_usage_by_tag_rows_sum_to_the_totals_once_the_key_is_added(ny):
+    _db, client, events = ny
+    params = {"period": "month", "from": "2026-11", "to": "2026-11", "group_by": "tag:feature"}
+    r = client.get("/v1/usage", params=params, headers=ADMIN)
+    assert r.status_code == 422
+    assert "meter tags add feature" in r.text
+    assert client.post("/v1/tags", json={"key": "feature"}, headers=ADMIN).status_code == 201
+    r = client.get("/v1/usage", params=params, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    rows = {row["tags"]["feature"]: row for row in r.json()["rows"]}
+    november = [e for e in events if in_november(e)]
+    for value in ("chat", "search", None):
+        mine = [e for e in november if (e.tags or {}).get("feature") == value]
+        assert rows[value]["requests"] == len(mine)
+        assert usd(rows[value]["cost_usd"]) == sum(cost(e) for e in mine)
+        assert rows[value]["team"] is None and rows[value]["model"] is None

@@ -16,14 +16,17 @@ from meter.db.session import Database
 from meter.money import render_usd
 from meter.pricing import SEED_MODEL, make_price
 from meter.rollup import engine, run_rollup
+from meter.tags import add_tag_key
 from tests.factories import event
 from tests.test_rollup_helpers import (
     clear,
     dirty_count,
     expected_days,
+    expected_tags,
     expected_totals,
     rolled_up,
     rolled_up_days,
+    rolled_up_tags,
     store,
     weeks_from_days,
 )
@@ -245,6 +248,7 @@ steps = st.lists(
         st.lists(an_event, min_size=1, max_size=6).map(lambda evs: ("insert", evs)),
         st.just(("rollup", None)),
         st.just(("replay", None)),
+        st.just(("tag key", None)),
     ),
     min_size=1,
     max_size=8,
@@ -256,8 +260,9 @@ steps = st.lists(
 )
 @given(steps=steps)
 def test_totals_equal_the_raw_events_after_any_interleaving(db: Database, steps: list):
-    """Inserts (late ones included), replays of stored ids and roll-ups in any order: after a
-    final roll-up, every group equals the sum of its raw events and nothing is left dirty."""
+    """Inserts (late ones included), replays of stored ids, roll-ups and adding a tag key in any
+    order: after a final roll-up, every group, day and tag row equals the sum of its raw events
+    and nothing is left dirty."""
     clear(db)
     stored: list = []
     counted = 0
@@ -269,7 +274,10 @@ def test_totals_equal_the_raw_events_after_any_interleaving(db: Database, steps:
             store(db, stored[-3:])
         elif kind == "rollup":
             counted += run_rollup(db).events_rolled_up
+        elif kind == "tag key":  # backfilled from the events, then kept by the roll-up
+            add_tag_key(db, "feature")
     counted += run_rollup(db).events_rolled_up
+    assert rolled_up_tags(db) == expected_tags(db)
     assert rolled_up(db) == expected_totals(db)
     days = rolled_up_days(db)
     assert days == expected_days(db)

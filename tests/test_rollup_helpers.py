@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, date, timedelta
@@ -144,6 +145,49 @@ def weeks_from_days(days: dict[GroupKey, tuple[int, ...]]) -> dict[GroupKey, tup
     return {k: tuple(v) for k, v in weeks.items()}
 
 
+TagKey = tuple[date, str, str, str, str, str]  # (day, key, value, team, user, model)
+
+
+def expected_tags(db: Database) -> dict[TagKey, tuple[int, ...]]:
+    """What daily_tag_usage must hold for the rolled-up keys, from every event."""
+    e = models.Event
+    sums: dict[TagKey, list[int]] = defaultdict(lambda: [0] * len(TOTALS))
+    with db.engine.connect() as conn:
+        keys = set(conn.execute(sa.select(models.TagKey.key)).scalars())
+        rows = conn.execute(sa.select(e.__table__)).all()
+    for r in rows:
+        tags = r.tags if isinstance(r.tags, dict) or r.tags is None else json.loads(r.tags)
+        for key, value in (tags or {}).items():
+            if key not in keys:
+                continue
+            s = sums[(_date(r.day), key, value, r.team, r.user, r.model)]
+            values = (
+                1,
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.status == "error",
+                r.usage_source == "estimated",
+                r.input_cost_units is None,
+                r.input_cost_units or 0,
+                r.output_cost_units or 0,
+            )
+            for i, v in enumerate(values):
+                s[i] += int(v)
+    return {k: tuple(v) for k, v in sums.items()}
+
+
+def rolled_up_tags(db: Database) -> dict[TagKey, tuple[int, ...]]:
+    t = models.DailyTagUsage
+    with db.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(
+                t.day, t.tag_key, t.tag_value, t.team, t.user, t.model,
+                *(getattr(t, c) for c in TOTALS),
+            )
+        ).all()  # fmt: skip
+    return {(_date(r[0]), *r[1:6]): tuple(int(v) for v in r[6:]) for r in rows}
+
+
 def dirty_count(db: Database) -> int:
     with db.engine.connect() as conn:
         return int(conn.execute(sa.text("SELECT COUNT(*) FROM rollup_dirty")).scalar_one())
@@ -152,7 +196,14 @@ def dirty_count(db: Database) -> int:
 def clear(db: Database) -> None:
     """Empty the ledger and the roll-up (hypothesis reuses one database across examples)."""
     with db.engine.begin() as conn:
-        for table in ("events", "weekly_usage", "daily_usage", "daily_tag_usage", "rollup_dirty"):
+        for table in (
+            "events",
+            "weekly_usage",
+            "daily_usage",
+            "daily_tag_usage",
+            "tag_keys",
+            "rollup_dirty",
+        ):
             conn.execute(sa.text(f"DELETE FROM {table}"))
         conn.execute(
             sa.text(

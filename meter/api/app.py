@@ -23,6 +23,7 @@ from meter.api.routes import (
     prices,
     reports,
     rollup,
+    tags,
     teams,
     usage,
 )
@@ -97,6 +98,7 @@ def create_app(
         rollup,
         budgets,
         alerts,
+        tags,
         metrics,
         docs,
         dashboard,

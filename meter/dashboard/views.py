@@ -117,13 +117,13 @@ def team_page(db: Database, team: str, now: datetime | None = None) -> TeamPage:
         budgets.append(
             BudgetView(
                 id=b.id,
-                limit_usd=b.weekly_limit_usd,
+                limit_usd=b.limit_usd,
                 spend_usd=b.spend_usd,
                 ratio=b.ratio,
                 thresholds=thresholds,
                 enforce=row.enforce,
                 has_webhook=bool(row.webhook_url),
-                gauge=budget_gauge(b.spend_usd, b.weekly_limit_usd, thresholds),
+                gauge=budget_gauge(b.spend_usd, b.limit_usd, thresholds),
             )
         )
     return TeamPage(

@@ -177,8 +177,3 @@ def user_lines(
         query = query.where(du.c.team == team)
     query = query.group_by(du.c.model).order_by(du.c.model)
     return [(row.model, _totals(row)) for row in conn.execute(query)]
-
-
-def rolled_up_tag_keys(conn: Connection) -> list[str]:
-    t = models.TagKey
-    return [str(k) for k in conn.execute(sa.select(t.key).order_by(t.key)).scalars()]

@@ -21,6 +21,7 @@ from meter.reports.schemas import (
     TaggedPeriodUsageRow,
 )
 from meter.reports.service import _as_of, _blank_is_none, _costs
+from meter.tags.repository import list_keys
 from meter.weeks import now_utc
 
 DEFAULT_COUNT: dict[PeriodKind, int] = {"day": 31, "week": 12, "month": 12}
@@ -80,7 +81,7 @@ def usage(
     if (end.end - start.start).days > MAX_DAYS:
         raise InvalidRequest(f"from: at most {MAX_DAYS} days in one answer", "from")
     with reading(db) as conn:
-        if tag_key is not None and tag_key not in pq.rolled_up_tag_keys(conn):
+        if tag_key is not None and tag_key not in list_keys(conn):
             raise InvalidRequest(
                 f"group_by: tag key {tag_key!r} is not rolled up; add it with "
                 f"`meter tags add {tag_key}` (it is then counted from the raw events kept)",

@@ -179,14 +179,3 @@ def team_users(conn: Connection, team: str, week_start: date) -> list[tuple[str,
         .group_by(wu.c.user)
     )
     return [(row.user, _totals(row)) for row in conn.execute(query)]
-
-
-def team_budgets(conn: Connection, team: str) -> list[tuple[int, int]]:
-    """(id, weekly limit in units) of the budgets scoped to this team."""
-    b = models.Budget
-    rows = conn.execute(
-        sa.select(b.id, b.weekly_limit_units)
-        .where(b.scope == "team", b.subject == team)
-        .order_by(b.id)
-    )
-    return [(int(r.id), int(r.weekly_limit_units)) for r in rows]

@@ -71,7 +71,10 @@ class TopUser(BaseModel):
 
 class TeamBudget(BaseModel):
     id: int
-    weekly_limit_usd: str
+    weekly_limit_usd: str | None = Field(description="a week budget's limit; null for others")
+    limit_usd: str
+    period: str = Field(description="the current period's label: 2026-11-30, 2026-W49, 2026-11")
+    period_start: str
     spend_usd: str
     ratio: str | None = Field(description="spend / limit as a decimal string")
 

@@ -9,6 +9,7 @@ from datetime import datetime
 from sqlalchemy.engine import Connection
 
 from meter._exceptions import InvalidRequest
+from meter.budgets import repository as budget_repo
 from meter.budgets.rules import ratio
 from meter.db.session import Database
 from meter.events import format_timestamp
@@ -211,7 +212,8 @@ def team_summary(
         as_of = _as_of(conn)
         per_week = queries.team_weeks(conn, team, span[0].start, current.start)
         users = queries.team_users(conn, team, current.start)
-        budgets = queries.team_budgets(conn, team)
+        budgets = budget_repo.list_budgets(conn, team=team)
+        spends = budget_repo.spend_now(conn, budgets, now or now_utc(), db.tz)
     week_rows = []
     for w in span:
         t = per_week.get(w.start, Totals())
@@ -227,14 +229,19 @@ def team_summary(
         )
     users.sort(key=lambda u: (-u[1].cost_units, -u[1].requests, u[0]))
     top = [TopUser(user=_blank_is_none(u), cost_usd=_costs(t)[2]) for u, t in users[:TOP_USERS]]
-    spend = per_week.get(current.start, Totals()).cost_units
-    budget_rows = [
-        TeamBudget(
-            id=budget_id,
-            weekly_limit_usd=render_usd(limit) or "0",
-            spend_usd=render_usd(spend) or "0",
-            ratio=spend_ratio(spend, limit),
+    budget_rows = []
+    for budget in budgets:
+        window, spend = spends[budget.id]
+        limit = render_usd(budget.limit_units) or "0"
+        budget_rows.append(
+            TeamBudget(
+                id=budget.id,
+                weekly_limit_usd=limit if budget.period == "week" else None,
+                limit_usd=limit,
+                period=window.label,
+                period_start=window.start.isoformat(),
+                spend_usd=render_usd(spend) or "0",
+                ratio=spend_ratio(spend, budget.limit_units),
+            )
         )
-        for budget_id, limit in budgets
-    ]
     return TeamSummary(team=team, as_of=as_of, weeks=week_rows, top_users=top, budgets=budget_rows)
