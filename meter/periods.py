@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Literal, get_args
 from zoneinfo import ZoneInfo
 
@@ -147,13 +147,3 @@ def windows_back(last: Window, count: int) -> list[Window]:
     while len(out) < count:
         out.append(out[-1].previous())
     return out[::-1]
-
-
-def elapsed_share(window: Window, moment: datetime, tz: ZoneInfo) -> tuple[int, int]:
-    """(microseconds elapsed, microseconds in the period): its real length, DST included."""
-    start, end = window.bounds(tz)
-    return _micros(moment.astimezone(UTC) - start), _micros(end - start)
-
-
-def _micros(delta: timedelta) -> int:
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds

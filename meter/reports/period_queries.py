@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 
 from meter.db import models
 from meter.periods import PeriodKind
-from meter.reports.queries import DIMENSIONS, Totals, _money, _totals
+from meter.reports.queries import DIMENSIONS, Totals, totals_columns, totals_of
 
 du: sa.Table = models.DailyUsage.__table__  # type: ignore[assignment]
 dtu: sa.Table = models.DailyTagUsage.__table__  # type: ignore[assignment]
@@ -27,20 +27,6 @@ class PeriodTotals:
     model: str | None
     tag_value: str | None  # only with a tag group; None: events without the tag
     totals: Totals
-
-
-def _totals_columns(table: sa.Table) -> list[sa.ColumnElement[Any]]:
-    c = table.c
-    return [
-        sa.func.sum(c.requests).label("requests"),
-        sa.func.sum(c.prompt_tokens).label("prompt_tokens"),
-        sa.func.sum(c.completion_tokens).label("completion_tokens"),
-        sa.func.sum(c.errors).label("errors"),
-        sa.func.sum(c.estimated).label("estimated"),
-        sa.func.sum(c.unpriced).label("unpriced"),
-        *_money(c.input_cost_units, "input"),
-        *_money(c.output_cost_units, "output"),
-    ]
 
 
 def _period_start(conn: Connection, table: sa.Table, kind: PeriodKind) -> sa.ColumnElement[Any]:
@@ -126,7 +112,7 @@ def _grouped(
     keys: list[sa.ColumnElement[Any]] = [start, *dims]
     if tag_key is not None:
         keys.append(table.c.tag_value)
-    query = sa.select(*keys, *_totals_columns(table)).where(
+    query = sa.select(*keys, *totals_columns(table)).where(
         table.c.day >= first_day, table.c.day <= last_day
     )
     if tag_key is not None:
@@ -145,7 +131,7 @@ def _grouped(
                 user=m["user"] if "user" in group_by else None,
                 model=m["model"] if "model" in group_by else None,
                 tag_value=m["tag_value"] if tag_key is not None else None,
-                totals=_totals(row),
+                totals=totals_of(row),
             )
         )
     out.sort(key=lambda r: (r.period_start, r.team or "", r.user or "", r.model or ""))
@@ -157,23 +143,23 @@ def billing_lines(
 ) -> list[tuple[str, str, str, Totals]]:
     """(team, user, model, totals) over local days first_day..last_day."""
     keys = (du.c.team, du.c.user, du.c.model)
-    query = sa.select(*keys, *_totals_columns(du)).where(
+    query = sa.select(*keys, *totals_columns(du)).where(
         du.c.day >= first_day, du.c.day <= last_day
     )
     if team is not None:
         query = query.where(du.c.team == team)
     query = query.group_by(*keys).order_by(*keys)
-    return [(r.team, r.user, r.model, _totals(r)) for r in conn.execute(query)]
+    return [(r.team, r.user, r.model, totals_of(r)) for r in conn.execute(query)]
 
 
 def user_lines(
     conn: Connection, user: str, first_day: date, last_day: date, team: str | None = None
 ) -> list[tuple[str, Totals]]:
     """One user's days first_day..last_day per model, across teams (or only `team`'s)."""
-    query = sa.select(du.c.model, *_totals_columns(du)).where(
+    query = sa.select(du.c.model, *totals_columns(du)).where(
         du.c.user == user, du.c.day >= first_day, du.c.day <= last_day
     )
     if team is not None:
         query = query.where(du.c.team == team)
     query = query.group_by(du.c.model).order_by(du.c.model)
-    return [(row.model, _totals(row)) for row in conn.execute(query)]
+    return [(row.model, totals_of(row)) for row in conn.execute(query)]

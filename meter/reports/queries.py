@@ -72,7 +72,7 @@ class WeeklyTotals:
     totals: Totals
 
 
-def _money(column: Any, name: str) -> list[sa.ColumnElement[Any]]:
+def money_sums(column: Any, name: str) -> list[sa.ColumnElement[Any]]:
     return [
         # Inline constants: PostgreSQL has `bigint >> integer` but no `bigint >> bigint`.
         sa.func.sum(column.op(">>")(sa.literal_column(str(_LOW_BITS)))).label(f"{name}_hi"),
@@ -80,8 +80,9 @@ def _money(column: Any, name: str) -> list[sa.ColumnElement[Any]]:
     ]
 
 
-def _totals_columns() -> list[sa.ColumnElement[Any]]:
-    c = wu.c
+def totals_columns(table: Any = wu) -> list[sa.ColumnElement[Any]]:
+    """The summed totals of roll-up rows (weekly, daily or tag rows: the same columns)."""
+    c = table.c
     return [
         sa.func.sum(c.requests).label("requests"),
         sa.func.sum(c.prompt_tokens).label("prompt_tokens"),
@@ -89,12 +90,12 @@ def _totals_columns() -> list[sa.ColumnElement[Any]]:
         sa.func.sum(c.errors).label("errors"),
         sa.func.sum(c.estimated).label("estimated"),
         sa.func.sum(c.unpriced).label("unpriced"),
-        *_money(c.input_cost_units, "input"),
-        *_money(c.output_cost_units, "output"),
+        *money_sums(c.input_cost_units, "input"),
+        *money_sums(c.output_cost_units, "output"),
     ]
 
 
-def _totals(row: Any) -> Totals:
+def totals_of(row: Any) -> Totals:
     def units(name: str) -> int:
         hi, lo = getattr(row, f"{name}_hi"), getattr(row, f"{name}_lo")
         return (int(hi or 0) << _LOW_BITS) + int(lo or 0)
@@ -127,7 +128,7 @@ def weekly_totals(
 ) -> list[WeeklyTotals]:
     """Totals per week and per the `group_by` dimensions, for weeks first..last inclusive."""
     dims = [getattr(wu.c, d) for d in DIMENSIONS if d in group_by]
-    query = sa.select(wu.c.week_start, *dims, *_totals_columns()).where(
+    query = sa.select(wu.c.week_start, *dims, *totals_columns()).where(
         wu.c.week_start >= first, wu.c.week_start <= last
     )
     for name, value in (("team", team), ("user", user), ("model", model)):
@@ -143,7 +144,7 @@ def weekly_totals(
                 team=mapping["team"] if "team" in group_by else None,
                 user=mapping["user"] if "user" in group_by else None,
                 model=mapping["model"] if "model" in group_by else None,
-                totals=_totals(row),
+                totals=totals_of(row),
             )
         )
     return result
@@ -153,29 +154,29 @@ def user_lines(
     conn: Connection, user: str, week_start: date, team: str | None = None
 ) -> list[tuple[str, Totals]]:
     """One user's week per model, across teams (or only `team`'s rows for a scoped key)."""
-    query = sa.select(wu.c.model, *_totals_columns()).where(
+    query = sa.select(wu.c.model, *totals_columns()).where(
         wu.c.user == user, wu.c.week_start == week_start
     )
     if team is not None:
         query = query.where(wu.c.team == team)
     query = query.group_by(wu.c.model).order_by(wu.c.model)
-    return [(row.model, _totals(row)) for row in conn.execute(query)]
+    return [(row.model, totals_of(row)) for row in conn.execute(query)]
 
 
 def team_weeks(conn: Connection, team: str, first: date, last: date) -> dict[date, Totals]:
     query = (
-        sa.select(wu.c.week_start, *_totals_columns())
+        sa.select(wu.c.week_start, *totals_columns())
         .where(wu.c.team == team, wu.c.week_start >= first, wu.c.week_start <= last)
         .group_by(wu.c.week_start)
     )
-    return {_week(row.week_start): _totals(row) for row in conn.execute(query)}
+    return {_week(row.week_start): totals_of(row) for row in conn.execute(query)}
 
 
 def team_users(conn: Connection, team: str, week_start: date) -> list[tuple[str, Totals]]:
     """Every user of a team in one week (sorted by the caller: exact sums live in Python)."""
     query = (
-        sa.select(wu.c.user, *_totals_columns())
+        sa.select(wu.c.user, *totals_columns())
         .where(wu.c.team == team, wu.c.week_start == week_start)
         .group_by(wu.c.user)
     )
-    return [(row.user, _totals(row)) for row in conn.execute(query)]
+    return [(row.user, totals_of(row)) for row in conn.execute(query)]
