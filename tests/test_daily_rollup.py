@@ -204,3 +204,29 @@ def test_the_migration_gives_stored_events_their_day_and_daily_rows(databases: D
         assert weeks_from_days(rolled_up_days(db)) == rolled_up(db) == expected_totals(db)
     finally:
         engine.dispose()
+
+
+def test_a_range_splits_into_whole_weeks_and_edge_days():
+    from meter.reports.period_queries import whole_weeks
+
+    # November 2026: Sunday the 1st, Monday the 30th
+    weeks, edges = whole_weeks(date(2026, 11, 1), date(2026, 11, 30))
+    assert weeks == [date(2026, 11, 2) + timedelta(days=7 * i) for i in range(4)]
+    assert edges == [
+        (date(2026, 11, 1), date(2026, 11, 1)),
+        (date(2026, 11, 30), date(2026, 11, 30)),
+    ]
+    assert whole_weeks(date(2026, 11, 23), date(2026, 11, 29)) == ([date(2026, 11, 23)], [])
+    assert whole_weeks(date(2026, 11, 24), date(2026, 11, 29)) == (
+        [], [(date(2026, 11, 24), date(2026, 11, 29))],
+    )  # fmt: skip
+    for first in range(1, 29):
+        for last in range(first, 31):
+            a, b = date(2026, 11, first), date(2026, 11, last)
+            weeks, edges = whole_weeks(a, b)
+            days = {w + timedelta(days=i) for w in weeks for i in range(7)}
+            for lo, hi in edges:
+                days |= {lo + timedelta(days=i) for i in range((hi - lo).days + 1)}
+            n = (b - a).days + 1
+            assert days == {a + timedelta(days=i) for i in range(n)}
+            assert 7 * len(weeks) + sum((hi - lo).days + 1 for lo, hi in edges) == n

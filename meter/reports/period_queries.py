@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,6 +16,7 @@ from meter.periods import PeriodKind
 from meter.reports.queries import DIMENSIONS, Totals, totals_columns, totals_of
 
 du: sa.Table = models.DailyUsage.__table__  # type: ignore[assignment]
+wu: sa.Table = models.WeeklyUsage.__table__  # type: ignore[assignment]
 dtu: sa.Table = models.DailyTagUsage.__table__  # type: ignore[assignment]
 
 
@@ -72,7 +73,7 @@ def period_totals(
     }
     for r in tagged:
         key = (r.period_start, r.team, r.user, r.model)
-        rest[key] = minus(rest[key], r.totals)
+        rest[key] = rest[key] - r.totals
     out = list(tagged)
     for (start, t, u, m), totals in rest.items():
         if totals.requests:
@@ -80,19 +81,6 @@ def period_totals(
     out.sort(key=lambda r: (r.period_start, r.team or "", r.user or "", r.model or "",
                             r.tag_value is None, r.tag_value or ""))  # fmt: skip
     return out
-
-
-def minus(a: Totals, b: Totals) -> Totals:
-    return Totals(
-        requests=a.requests - b.requests,
-        prompt_tokens=a.prompt_tokens - b.prompt_tokens,
-        completion_tokens=a.completion_tokens - b.completion_tokens,
-        errors=a.errors - b.errors,
-        estimated=a.estimated - b.estimated,
-        unpriced=a.unpriced - b.unpriced,
-        input_units=a.input_units - b.input_units,
-        output_units=a.output_units - b.output_units,
-    )
 
 
 def _grouped(
@@ -138,28 +126,60 @@ def _grouped(
     return out
 
 
+def whole_weeks(first_day: date, last_day: date) -> tuple[list[date], list[tuple[date, date]]]:
+    """Split local days first_day..last_day into the Mondays of the whole ISO weeks inside them
+    and the remaining runs of days (inclusive): a month read as ~4 weekly rows per group plus
+    its edge days, instead of ~30 daily rows (exact: a week is the sum of its days)."""
+    end = last_day + timedelta(days=1)
+    monday = first_day + timedelta(days=(7 - first_day.weekday()) % 7)
+    stop = end - timedelta(days=end.weekday())  # the Monday on or before `end`
+    if monday >= stop:
+        return [], [(first_day, last_day)]
+    weeks = [monday + timedelta(days=7 * i) for i in range((stop - monday).days // 7)]
+    edges = [(a, b - timedelta(days=1)) for a, b in ((first_day, monday), (stop, end)) if a < b]
+    return weeks, edges
+
+
+def _in_days(table: sa.Table, first_day: date, last_day: date) -> list[Any]:
+    """Rows of local days first_day..last_day: whole weeks from weekly_usage (`table` is
+    weekly), the rest from daily_usage."""
+    weeks, edges = whole_weeks(first_day, last_day)
+    if table is wu:
+        return [sa.false()] if not weeks else [wu.c.week_start.in_(weeks)]
+    if not edges:
+        return [sa.false()]
+    return [sa.or_(*(sa.and_(du.c.day >= a, du.c.day <= b) for a, b in edges))]
+
+
 def billing_lines(
     conn: Connection, first_day: date, last_day: date, team: str | None = None
 ) -> list[tuple[str, str, str, Totals]]:
     """(team, user, model, totals) over local days first_day..last_day."""
-    keys = (du.c.team, du.c.user, du.c.model)
-    query = sa.select(*keys, *totals_columns(du)).where(
-        du.c.day >= first_day, du.c.day <= last_day
-    )
-    if team is not None:
-        query = query.where(du.c.team == team)
-    query = query.group_by(*keys).order_by(*keys)
-    return [(r.team, r.user, r.model, totals_of(r)) for r in conn.execute(query)]
+    merged: dict[tuple[str, str, str], Totals] = {}
+    for table in (wu, du):
+        keys = (table.c.team, table.c.user, table.c.model)
+        query = sa.select(*keys, *totals_columns(table)).where(
+            *_in_days(table, first_day, last_day)
+        )
+        if team is not None:
+            query = query.where(table.c.team == team)
+        for r in conn.execute(query.group_by(*keys)):
+            key = (r.team, r.user, r.model)
+            merged[key] = merged.get(key, Totals()) + totals_of(r)
+    return [(*k, merged[k]) for k in sorted(merged)]
 
 
 def user_lines(
     conn: Connection, user: str, first_day: date, last_day: date, team: str | None = None
 ) -> list[tuple[str, Totals]]:
     """One user's days first_day..last_day per model, across teams (or only `team`'s)."""
-    query = sa.select(du.c.model, *totals_columns(du)).where(
-        du.c.user == user, du.c.day >= first_day, du.c.day <= last_day
-    )
-    if team is not None:
-        query = query.where(du.c.team == team)
-    query = query.group_by(du.c.model).order_by(du.c.model)
-    return [(row.model, totals_of(row)) for row in conn.execute(query)]
+    merged: dict[str, Totals] = {}
+    for table in (wu, du):
+        query = sa.select(table.c.model, *totals_columns(table)).where(
+            table.c.user == user, *_in_days(table, first_day, last_day)
+        )
+        if team is not None:
+            query = query.where(table.c.team == team)
+        for row in conn.execute(query.group_by(table.c.model)):
+            merged[row.model] = merged.get(row.model, Totals()) + totals_of(row)
+    return [(m, merged[m]) for m in sorted(merged)]

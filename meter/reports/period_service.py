@@ -144,7 +144,7 @@ def billing_report(
         lines = pq.billing_lines(conn, span.first, span.last, team)
     per_entry: dict[tuple[str, str], Totals] = {}
     for t, u, _model, totals in lines:
-        per_entry[(u, t)] = _plus(per_entry.get((u, t), Totals()), totals)
+        per_entry[(u, t)] = per_entry.get((u, t), Totals()) + totals
     entries = sorted(
         per_entry.items(), key=lambda e: (-e[1].cost_units, -e[1].requests, e[0][1], e[0][0])
     )
@@ -169,19 +169,6 @@ def billing_report(
         total_cost_usd=render_usd(total) or "0",
     )
     return report, lines
-
-
-def _plus(a: Totals, b: Totals) -> Totals:
-    return Totals(
-        requests=a.requests + b.requests,
-        prompt_tokens=a.prompt_tokens + b.prompt_tokens,
-        completion_tokens=a.completion_tokens + b.completion_tokens,
-        errors=a.errors + b.errors,
-        estimated=a.estimated + b.estimated,
-        unpriced=a.unpriced + b.unpriced,
-        input_units=a.input_units + b.input_units,
-        output_units=a.output_units + b.output_units,
-    )
 
 
 def today(db: Database, now: datetime | None = None) -> date:

@@ -62,6 +62,30 @@ class Totals:
     def all_unpriced(self) -> bool:
         return self.requests > 0 and self.unpriced == self.requests
 
+    def __add__(self, o: Totals) -> Totals:
+        return Totals(
+            self.requests + o.requests,
+            self.prompt_tokens + o.prompt_tokens,
+            self.completion_tokens + o.completion_tokens,
+            self.errors + o.errors,
+            self.estimated + o.estimated,
+            self.unpriced + o.unpriced,
+            self.input_units + o.input_units,
+            self.output_units + o.output_units,
+        )
+
+    def __sub__(self, o: Totals) -> Totals:
+        return Totals(
+            self.requests - o.requests,
+            self.prompt_tokens - o.prompt_tokens,
+            self.completion_tokens - o.completion_tokens,
+            self.errors - o.errors,
+            self.estimated - o.estimated,
+            self.unpriced - o.unpriced,
+            self.input_units - o.input_units,
+            self.output_units - o.output_units,
+        )
+
 
 @dataclass(frozen=True)
 class WeeklyTotals:
@@ -95,20 +119,22 @@ def totals_columns(table: Any = wu) -> list[sa.ColumnElement[Any]]:
     ]
 
 
-def totals_of(row: Any) -> Totals:
-    def units(name: str) -> int:
-        hi, lo = getattr(row, f"{name}_hi"), getattr(row, f"{name}_lo")
-        return (int(hi or 0) << _LOW_BITS) + int(lo or 0)
+_TOTALS_WIDTH = 10  # the columns of totals_columns()
 
+
+def totals_of(row: Any) -> Totals:
+    """The Totals of a row whose last columns are `totals_columns()`, read by position: a
+    billing report turns thousands of rows, and Row's lookups by name cost ~20x more."""
+    r, p, c, err, est, unp, in_hi, in_lo, out_hi, out_lo = tuple(row)[-_TOTALS_WIDTH:]
     return Totals(
-        requests=int(row.requests or 0),
-        prompt_tokens=int(row.prompt_tokens or 0),
-        completion_tokens=int(row.completion_tokens or 0),
-        errors=int(row.errors or 0),
-        estimated=int(row.estimated or 0),
-        unpriced=int(row.unpriced or 0),
-        input_units=units("input"),
-        output_units=units("output"),
+        requests=int(r or 0),
+        prompt_tokens=int(p or 0),
+        completion_tokens=int(c or 0),
+        errors=int(err or 0),
+        estimated=int(est or 0),
+        unpriced=int(unp or 0),
+        input_units=(int(in_hi or 0) << _LOW_BITS) + int(in_lo or 0),
+        output_units=(int(out_hi or 0) << _LOW_BITS) + int(out_lo or 0),
     )
 
 
