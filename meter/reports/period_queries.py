@@ -3,7 +3,7 @@ rolled-up tags (daily_tag_usage); never over raw events. Money sums are exact (s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
@@ -151,35 +151,49 @@ def _in_days(table: sa.Table, first_day: date, last_day: date) -> list[Any]:
     return [sa.or_(*(sa.and_(du.c.day >= a, du.c.day <= b) for a, b in edges))]
 
 
+_SUMMED = (
+    "requests",
+    "prompt_tokens",
+    "completion_tokens",
+    "errors",
+    "estimated",
+    "unpriced",
+    "input_cost_units",
+    "output_cost_units",
+)
+
+
+def _days_rows(first_day: date, last_day: date, *where: Callable[[sa.Table], Any]) -> Any:
+    """The roll-up rows of local days first_day..last_day as one derived table: its whole weeks'
+    weekly rows and its edge days' daily rows (exact: a week is the sum of its days)."""
+    parts = []
+    for table in (wu, du):
+        columns = [table.c.team, table.c.user, table.c.model, *(table.c[c] for c in _SUMMED)]
+        conditions = [w(table) for w in where]
+        parts.append(sa.select(*columns).where(*_in_days(table, first_day, last_day), *conditions))
+    return sa.union_all(*parts).subquery("d")
+
+
 def billing_lines(
     conn: Connection, first_day: date, last_day: date, team: str | None = None
 ) -> list[tuple[str, str, str, Totals]]:
-    """(team, user, model, totals) over local days first_day..last_day."""
-    merged: dict[tuple[str, str, str], Totals] = {}
-    for table in (wu, du):
-        keys = (table.c.team, table.c.user, table.c.model)
-        query = sa.select(*keys, *totals_columns(table)).where(
-            *_in_days(table, first_day, last_day)
-        )
-        if team is not None:
-            query = query.where(table.c.team == team)
-        for r in conn.execute(query.group_by(*keys)):
-            key = (r.team, r.user, r.model)
-            merged[key] = merged.get(key, Totals()) + totals_of(r)
-    return [(*k, merged[k]) for k in sorted(merged)]
+    """(team, user, model, totals) over local days first_day..last_day: one grouped statement."""
+    where = [] if team is None else [lambda t: t.c.team == team]
+    rows = _days_rows(first_day, last_day, *where)
+    keys = (rows.c.team, rows.c.user, rows.c.model)
+    query = sa.select(*keys, *totals_columns(rows)).group_by(*keys).order_by(*keys)
+    return [(r[0], r[1], r[2], totals_of(r)) for r in conn.execute(query)]
 
 
 def user_lines(
     conn: Connection, user: str, first_day: date, last_day: date, team: str | None = None
 ) -> list[tuple[str, Totals]]:
     """One user's days first_day..last_day per model, across teams (or only `team`'s)."""
-    merged: dict[str, Totals] = {}
-    for table in (wu, du):
-        query = sa.select(table.c.model, *totals_columns(table)).where(
-            table.c.user == user, *_in_days(table, first_day, last_day)
-        )
-        if team is not None:
-            query = query.where(table.c.team == team)
-        for row in conn.execute(query.group_by(table.c.model)):
-            merged[row.model] = merged.get(row.model, Totals()) + totals_of(row)
-    return [(m, merged[m]) for m in sorted(merged)]
+    where: list[Callable[[sa.Table], Any]] = [lambda t: t.c.user == user]
+    if team is not None:
+        where.append(lambda t: t.c.team == team)
+    rows = _days_rows(first_day, last_day, *where)
+    query = (
+        sa.select(rows.c.model, *totals_columns(rows)).group_by(rows.c.model).order_by(rows.c.model)
+    )
+    return [(r[0], totals_of(r)) for r in conn.execute(query)]
