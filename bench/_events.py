@@ -174,6 +174,7 @@ def sqlite_rows(items: list[Spec], prices: dict[str, PriceRow]) -> list[tuple[An
                 s.prompt * p.input_units if p else None,
                 s.completion * p.output_units if p else None,
                 received,
+                at.date().isoformat(),
             )
         )
     return rows
@@ -209,6 +210,7 @@ def pg_rows(items: list[Spec], prices: dict[str, PriceRow]) -> list[tuple[Any, .
                 s.prompt * p.input_units if p else None,
                 s.completion * p.output_units if p else None,
                 received,
+                at.date(),
             )
         )
     return rows
@@ -244,7 +246,8 @@ def write_tsv(
                 f"{s.id.hex}\t{prefix}{s.micros % 1_000_000:06d}\t{week_text}\t{s.model}\t"
                 f"{s.user}\t{s.team}\t\\N\t{s.prompt}\t{s.completion}\t\\N\t\\N\t{s.status}\t"
                 f"{s.usage_source}\t800\t\\N\tgen-bench\t\\N\t{p.id}\t"
-                f"{s.prompt * p.input_units}\t{s.completion * p.output_units}\t{received}\n"
+                f"{s.prompt * p.input_units}\t{s.completion * p.output_units}\t{received}\t"
+                f"{prefix[:10]}\n"
             )
             if len(buf) >= 100_000:
                 f.write("".join(buf))

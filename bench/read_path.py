@@ -1,11 +1,13 @@
-"""Read path over HTTP on the rolled-up dataset: `GET /v1/teams/{team}/summary?weeks=52` and
-`GET /v1/reports/users/{user}?week=W`, p50/p99, against a real `meter serve` (one uvicorn
-worker). The baseline column is `GET /healthz` on the same server (HTTP + framework floor).
+"""Read path over HTTP on the rolled-up dataset: `GET /v1/teams/{team}/summary?weeks=52`,
+`GET /v1/reports/users/{user}?week=W` and `GET /v1/reports/billing?month=M` (JSON and CSV),
+p50/p99, against a real `meter serve` (one uvicorn worker). The baseline column is
+`GET /healthz` on the same server (HTTP + framework floor).
 
     .venv/bin/python -m bench.read_path [--db both] [--events 5000000] [--requests 500]
 
 Standalone it loads and rolls up the dataset first (cached on SQLite); `bench.rollup` calls
-`measure` right after its own 5M roll-up instead. Target: summary p99 <= 50 ms.
+`measure` right after its own 5M roll-up instead. Targets: summary p99 <= 50 ms, billing
+report p99 <= 100 ms (JSON and CSV).
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ from bench._common import (
     say,
     workdir,
 )
+from meter.periods import window_of
 from meter.weeks import week_of
 
 COMMAND = ".venv/bin/python -m bench.read_path"
 SUMMARY_P99_TARGET_MS = 50.0
+BILLING_P99_TARGET_MS = 100.0
 
 
 def _timed(client: httpx.Client, paths: list[str]) -> list[float]:
@@ -62,6 +66,10 @@ def measure(
         f"?week={rng.choice(weeks).label}"
         for _ in range(requests)
     ]
+    months = sorted({window_of("month", w.bounds(datasets.UTC_ZONE)[0], datasets.UTC_ZONE).label
+                     for w in weeks[5:-5]})  # fmt: skip
+    billing = [f"/v1/reports/billing?month={rng.choice(months)}" for _ in range(requests)]
+    billing_csv = [f"{path}&format=csv" for path in billing]
     health = ["/healthz"] * requests
     with (
         meter_server(url, f"read-{backend}") as base,
@@ -70,15 +78,19 @@ def measure(
         doc = client.get(summaries[0]).json()
         if len(doc["weeks"]) != 52 or not any(w["requests"] for w in doc["weeks"]):
             raise RuntimeError(f"the summary shows no data: {str(doc)[:300]}")
-        for paths in (health, summaries, users):  # warm-up
+        for paths in (health, summaries, users, billing, billing_csv):  # warm-up
             _timed(client, paths[:30])
         t_health = _timed(client, health)
         t_summary = _timed(client, summaries)
         t_users = _timed(client, users)
+        t_billing = _timed(client, billing)
+        t_billing_csv = _timed(client, billing_csv)
     floor50, floor99 = pct(t_health, 50), pct(t_health, 99)
     for what, times, target in (
         ("team summary, 52 weeks", t_summary, SUMMARY_P99_TARGET_MS),
         ("user report, one week", t_users, None),
+        ("billing report, one month, JSON", t_billing, BILLING_P99_TARGET_MS),
+        ("billing report, one month, CSV", t_billing_csv, BILLING_P99_TARGET_MS),
     ):
         for q in (50, 99):
             value = pct(times, q)
@@ -100,6 +112,8 @@ def measure(
         "healthz_ms": [floor50, floor99],
         "summary_ms": [pct(t_summary, 50), pct(t_summary, 99)],
         "user_report_ms": [pct(t_users, 50), pct(t_users, 99)],
+        "billing_ms": [pct(t_billing, 50), pct(t_billing, 99)],
+        "billing_csv_ms": [pct(t_billing_csv, 50), pct(t_billing_csv, 99)],
     }
 
 

@@ -68,6 +68,9 @@ def test_thresholds_fire_once_each_in_ascending_order(db: Database):
         "budget_id": bid,
         "type": "budget.threshold_crossed",
         "week": "2026-W48",
+        "week_start": "2026-11-23",
+        "period": "2026-W48",  # SPEC section 8: the period's label and start
+        "period_start": "2026-11-23",
         "threshold": "0.5",
         "spend_usd": "25",
         "limit_usd": "50",

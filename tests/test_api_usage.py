@@ -216,6 +216,8 @@ def test_user_report_per_model_across_teams(client: TestClient):
         "user": "alice",
         "week": "2026-W48",
         "week_start": "2026-11-23",
+        "from": "2026-11-23",  # SPEC section 8: every user report says which dates it covers
+        "to": "2026-11-29",
         "lines": [
             {
                 "model": SEED_MODEL,
@@ -320,9 +322,11 @@ def test_team_summary_weeks_top_users_and_budgets(db: Database):
               for i in range(11, 3, -1)),
         ],
         "budgets": [
-            {"id": dollar, "weekly_limit_usd": "1", "spend_usd": "0.30041726",
+            {"id": dollar, "weekly_limit_usd": "1", "limit_usd": "1", "period": this.label,
+             "period_start": this.start.isoformat(), "spend_usd": "0.30041726",
              "ratio": "0.300417"},
-            {"id": third, "weekly_limit_usd": "3", "spend_usd": "0.30041726",
+            {"id": third, "weekly_limit_usd": "3", "limit_usd": "3", "period": this.label,
+             "period_start": this.start.isoformat(), "spend_usd": "0.30041726",
              "ratio": "0.100139"},
         ],
     }  # fmt: skip

@@ -39,12 +39,16 @@ def test_create_with_defaults_shows_no_secret_and_exact_fields(db: Database):
         "id": body["id"],
         "scope": "team",
         "subject": "search",
+        "period": "week",  # SPEC section 8: the default period, and the limit under both names
+        "limit_usd": "50",
         "weekly_limit_usd": "50",
         "thresholds": ["0.5", "0.8", "1"],
         "webhook_url": "http://127.0.0.1:9/hook",
         "has_webhook_secret": True,
         "enforce": False,
         "week": week.label,
+        "period_label": week.label,
+        "period_start": week.start.isoformat(),
         "spend_usd": "0",
         "ratio": "0",
     }

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,11 @@ def server(db_url: str) -> Iterator[dict[str, Any]]:
                 json={"scope": "team", "subject": "search", "weekly_limit_usd": "10"},
             )
             assert budget.status_code == 201
+            monthly = api.post(
+                "/v1/budgets",
+                json={"scope": "team", "subject": "search", "period": "month", "limit_usd": "40"},
+            )
+            assert monthly.status_code == 201
             yield {"url": url, "admin": admin, "ads": ads, "api": api}
             api.close()
     finally:
@@ -139,8 +145,51 @@ def test_the_dashboard_in_chromium(server: dict[str, Any], browser: Any, backend
     assert budget.get_attribute("data-ratio") == summary["budgets"][0]["ratio"]
     assert budget.locator("line.mark").count() == 3
 
+    # this week and this month by day: the API's days, summing exactly to its week and month
+    week = summary["weeks"][-1]
+    days = page.locator("#week-days tbody tr")
+    assert days.count() == 7
+    assert days.nth(0).get_attribute("data-day") == week["week_start"]
+    week_cells = page.locator("#week-days .money")
+    assert sum(Decimal(week_cells.nth(i).get_attribute("title")) for i in range(7)) == Decimal(
+        week["cost_usd"]
+    )
+    month_label = page.locator("#month-days tbody tr").nth(0).get_attribute("data-day")[:7]
+    month = api.get(
+        "/v1/usage", params={"period": "month", "team": "search", "group_by": "",
+                             "from": month_label, "to": month_label},
+    ).json()["rows"]  # fmt: skip
+    month_usd = month[0]["cost_usd"] if month else "0"
+    assert page.locator("#this-month .money").get_attribute("title") == month_usd
+    cells = page.locator("#month-days .money")
+    assert sum(Decimal(cells.nth(i).get_attribute("title")) for i in range(cells.count())) == (
+        Decimal(month_usd)
+    )
+    # month to date against the monthly budget
+    monthly = next(b for b in summary["budgets"] if b["period"] == month_label)
+    gauge = page.locator(f"#budget-{monthly['id']}")
+    assert gauge.get_attribute("data-period") == month_label
+    assert gauge.get_attribute("data-ratio") == monthly["ratio"]
+    assert monthly["spend_usd"] == month_usd
+    assert "monthly limit" in gauge.inner_text()
+
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"dashboard-team-{backend}.png"), full_page=True)
+
+    # the month's billing table, and its CSV link: the API's billing report
+    page.click("a.billing-link")
+    page.wait_for_selector("#billing")
+    billing = api.get("/v1/reports/billing", params={"month": month_label}).json()
+    assert (
+        page.locator("#billing-total .money").get_attribute("title") == (billing["total_cost_usd"])
+    )
+    assert page.locator("#billing tbody tr").count() == len(billing["users"])
+    href = page.locator("#billing-csv").get_attribute("href")
+    by_api = api.get("/v1/reports/billing", params={"month": month_label, "format": "csv"})
+    assert context.request.get(url + href).text() == by_api.text
+    assert by_api.text.startswith("from,to,timezone,team,user,model,requests,")
+    page.screenshot(path=str(ARTIFACTS / f"dashboard-billing-{backend}.png"), full_page=True)
+    page.goto(url + "/?team=search")
 
     # the user page's CSV link returns the API's CSV for that user, authenticated by the cookie
     page.click("#top-users a:text('org/bob')")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
@@ -15,13 +16,19 @@ from meter.db.session import Database
 from meter.money import render_usd
 from meter.pricing import SEED_MODEL, make_price
 from meter.rollup import engine, run_rollup
+from meter.tags import add_tag_key
 from tests.factories import event
 from tests.test_rollup_helpers import (
     clear,
     dirty_count,
+    expected_days,
+    expected_tags,
     expected_totals,
     rolled_up,
+    rolled_up_days,
+    rolled_up_tags,
     store,
+    weeks_from_days,
 )
 
 W48 = date(2026, 11, 23)
@@ -213,7 +220,7 @@ def test_as_of_is_the_start_of_the_last_complete_run(db: Database):
 WEEK_STARTS = [datetime(2026, 11, 23, tzinfo=UTC) - timedelta(weeks=n) for n in (0, 1, 5)]
 
 an_event = st.builds(
-    lambda week, hours, user, team, model, prompt, completion, status: event(
+    lambda week, hours, user, team, model, prompt, completion, status, provider, tag: event(
         occurred_at=week + timedelta(hours=hours),
         user=user,
         team=team,
@@ -221,7 +228,9 @@ an_event = st.builds(
         prompt_tokens=prompt,
         completion_tokens=completion,
         status=status,
-        usage_source="estimated" if status == "incomplete" else "provider",
+        usage_source={"incomplete": "estimated", "cancelled": "reconciled"}.get(status, "provider"),
+        provider_cost_usd=provider,
+        tags=tag,
     ),
     st.sampled_from(WEEK_STARTS),
     st.integers(0, 7 * 24 - 1),
@@ -230,13 +239,16 @@ an_event = st.builds(
     st.sampled_from([SEED_MODEL, "acme/unpriced"]),
     st.integers(0, 5_000_000),
     st.integers(0, 5_000_000),
-    st.sampled_from(["ok", "error", "incomplete"]),
+    st.sampled_from(["ok", "error", "incomplete", "cancelled"]),
+    st.sampled_from([None, Decimal("0.000123"), Decimal("1.5")]),
+    st.sampled_from([None, {"feature": "chat"}, {"feature": "search", "env": "prod"}, {}]),
 )
 steps = st.lists(
     st.one_of(
         st.lists(an_event, min_size=1, max_size=6).map(lambda evs: ("insert", evs)),
         st.just(("rollup", None)),
         st.just(("replay", None)),
+        st.just(("tag key", None)),
     ),
     min_size=1,
     max_size=8,
@@ -248,8 +260,9 @@ steps = st.lists(
 )
 @given(steps=steps)
 def test_totals_equal_the_raw_events_after_any_interleaving(db: Database, steps: list):
-    """Inserts (late ones included), replays of stored ids and roll-ups in any order: after a
-    final roll-up, every group equals the sum of its raw events and nothing is left dirty."""
+    """Inserts (late ones included), replays of stored ids, roll-ups and adding a tag key in any
+    order: after a final roll-up, every group, day and tag row equals the sum of its raw events
+    and nothing is left dirty."""
     clear(db)
     stored: list = []
     counted = 0
@@ -261,8 +274,14 @@ def test_totals_equal_the_raw_events_after_any_interleaving(db: Database, steps:
             store(db, stored[-3:])
         elif kind == "rollup":
             counted += run_rollup(db).events_rolled_up
+        elif kind == "tag key":  # backfilled from the events, then kept by the roll-up
+            add_tag_key(db, "feature")
     counted += run_rollup(db).events_rolled_up
+    assert rolled_up_tags(db) == expected_tags(db)
     assert rolled_up(db) == expected_totals(db)
+    days = rolled_up_days(db)
+    assert days == expected_days(db)
+    assert weeks_from_days(days) == rolled_up(db)
     assert counted == len({e.id for e in stored})
     assert dirty_count(db) == 0
     assert run_rollup(db).events_rolled_up == 0

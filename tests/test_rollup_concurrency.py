@@ -27,7 +27,15 @@ from meter.rollup.scheduler import RollupJob
 from meter.settings import get_settings
 from meter.weeks import load_timezone
 from tests.factories import event
-from tests.test_rollup_helpers import dirty_count, expected_totals, rolled_up, store
+from tests.test_rollup_helpers import (
+    dirty_count,
+    expected_days,
+    expected_totals,
+    rolled_up,
+    rolled_up_days,
+    store,
+    weeks_from_days,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -203,6 +211,9 @@ def test_four_writers_and_two_rollups_in_processes_give_exact_totals(db_url: str
         totals = expected_totals(db)
         assert sum(t[0] for t in totals.values()) == written
         assert rolled_up(db) == totals
+        days = rolled_up_days(db)
+        assert days == expected_days(db)
+        assert weeks_from_days(days) == totals
         assert dirty_count(db) == 0
     finally:
         db.dispose()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import date
+from datetime import UTC, date, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -78,6 +79,115 @@ def rolled_up(db: Database) -> dict[GroupKey, tuple[int, ...]]:
     return {(_date(r[0]), r[1], r[2], r[3]): tuple(r[4:]) for r in rows}
 
 
+DAILY_TOTALS = (
+    *TOTALS,
+    "reconciled",
+    "provider_cost_events",
+    "provider_cost_units",
+    "provider_meter_cost_units",
+)
+
+
+def expected_days(db: Database) -> dict[GroupKey, tuple[int, ...]]:
+    """What daily_usage must hold, per (local day, team, user, model), from every event."""
+    e = models.Event
+    sums: dict[GroupKey, list[int]] = defaultdict(lambda: [0] * len(DAILY_TOTALS))
+    with db.engine.connect() as conn:
+        rows = conn.execute(sa.select(e.__table__)).all()
+    for r in rows:
+        local = r.occurred_at.replace(tzinfo=UTC).astimezone(db.tz).date()
+        assert _date(r.day) == local, "the stored day is the local date of occurred_at"
+        s = sums[(local, r.team, r.user, r.model)]
+        cost = (r.input_cost_units or 0) + (r.output_cost_units or 0)
+        values = (
+            1,
+            r.prompt_tokens,
+            r.completion_tokens,
+            r.status == "error",
+            r.usage_source == "estimated",
+            r.input_cost_units is None,
+            r.input_cost_units or 0,
+            r.output_cost_units or 0,
+            r.usage_source == "reconciled",
+            r.provider_cost_units is not None,
+            r.provider_cost_units or 0,
+            cost if r.provider_cost_units is not None else 0,
+        )
+        for i, v in enumerate(values):
+            s[i] += int(v)
+    return {k: tuple(v) for k, v in sums.items()}
+
+
+def rolled_up_days(db: Database) -> dict[GroupKey, tuple[int, ...]]:
+    """daily_usage as {(day, team, user, model): totals}; each row's week_start checked."""
+    d = models.DailyUsage
+    with db.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(
+                d.day, d.team, d.user, d.model, d.week_start, *(getattr(d, c) for c in DAILY_TOTALS)
+            )
+        ).all()
+    out = {}
+    for r in rows:
+        day = _date(r[0])
+        assert _date(r[4]) == day - timedelta(days=day.weekday())
+        out[(day, r[1], r[2], r[3])] = tuple(int(v) for v in r[5:])
+    return out
+
+
+def weeks_from_days(days: dict[GroupKey, tuple[int, ...]]) -> dict[GroupKey, tuple[int, ...]]:
+    """The weekly totals the days add up to (the first len(TOTALS) columns)."""
+    weeks: dict[GroupKey, list[int]] = defaultdict(lambda: [0] * len(TOTALS))
+    for (day, team, user, model), values in days.items():
+        w = weeks[(day - timedelta(days=day.weekday()), team, user, model)]
+        for i in range(len(TOTALS)):
+            w[i] += values[i]
+    return {k: tuple(v) for k, v in weeks.items()}
+
+
+TagKey = tuple[date, str, str, str, str, str]  # (day, key, value, team, user, model)
+
+
+def expected_tags(db: Database) -> dict[TagKey, tuple[int, ...]]:
+    """What daily_tag_usage must hold for the rolled-up keys, from every event."""
+    e = models.Event
+    sums: dict[TagKey, list[int]] = defaultdict(lambda: [0] * len(TOTALS))
+    with db.engine.connect() as conn:
+        keys = set(conn.execute(sa.select(models.TagKey.key)).scalars())
+        rows = conn.execute(sa.select(e.__table__)).all()
+    for r in rows:
+        tags = r.tags if isinstance(r.tags, dict) or r.tags is None else json.loads(r.tags)
+        for key, value in (tags or {}).items():
+            if key not in keys:
+                continue
+            s = sums[(_date(r.day), key, value, r.team, r.user, r.model)]
+            values = (
+                1,
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.status == "error",
+                r.usage_source == "estimated",
+                r.input_cost_units is None,
+                r.input_cost_units or 0,
+                r.output_cost_units or 0,
+            )
+            for i, v in enumerate(values):
+                s[i] += int(v)
+    return {k: tuple(v) for k, v in sums.items()}
+
+
+def rolled_up_tags(db: Database) -> dict[TagKey, tuple[int, ...]]:
+    t = models.DailyTagUsage
+    with db.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(
+                t.day, t.tag_key, t.tag_value, t.team, t.user, t.model,
+                *(getattr(t, c) for c in TOTALS),
+            )
+        ).all()  # fmt: skip
+    return {(_date(r[0]), *r[1:6]): tuple(int(v) for v in r[6:]) for r in rows}
+
+
 def dirty_count(db: Database) -> int:
     with db.engine.connect() as conn:
         return int(conn.execute(sa.text("SELECT COUNT(*) FROM rollup_dirty")).scalar_one())
@@ -86,7 +196,14 @@ def dirty_count(db: Database) -> int:
 def clear(db: Database) -> None:
     """Empty the ledger and the roll-up (hypothesis reuses one database across examples)."""
     with db.engine.begin() as conn:
-        for table in ("events", "weekly_usage", "rollup_dirty"):
+        for table in (
+            "events",
+            "weekly_usage",
+            "daily_usage",
+            "daily_tag_usage",
+            "tag_keys",
+            "rollup_dirty",
+        ):
             conn.execute(sa.text(f"DELETE FROM {table}"))
         conn.execute(
             sa.text(

@@ -100,6 +100,8 @@ def test_thresholds_are_delivered_once_each_in_order_and_signed(db: Database, re
         "subject": "search",
         "week": week.label,
         "week_start": week.start.isoformat(),
+        "period": week.label,  # SPEC section 8: the period's label and start
+        "period_start": week.start.isoformat(),
         "threshold": "0.5",
         "limit_usd": "50",
         "spend_usd": "51",

@@ -23,6 +23,7 @@ from meter.api.routes import (
     prices,
     reports,
     rollup,
+    tags,
     teams,
     usage,
 )
@@ -99,6 +100,7 @@ def create_app(
         rollup,
         budgets,
         alerts,
+        tags,
         metrics,
         docs,
         dashboard,

@@ -1,15 +1,16 @@
 """Budget enforcement for the client: a check that costs microseconds, and fails open.
 
-The guard keeps a snapshot of the enforced budgets that are at or over their limit this week,
-read from the roll-up (directly from the database, or from a meter server's `GET /v1/budgets`),
-and refreshes it in a background thread every min(roll-up interval, 30 s). `check` only looks
-the call's team, user and "global" up in that snapshot: no query on the caller's path. The first
+The guard keeps a snapshot of the enforced budgets at or over their limit in their current period
+(day, week or month), read from the roll-up (directly from the database, or from a meter
+server's `GET /v1/budgets`), and refreshes it in a background thread every min(roll-up
+interval, 30 s). `check` only looks the call's team, user, tags and "global" up in that
+snapshot: no query on the caller's path. The first
 check waits (at most `first_load_timeout`) for the first snapshot. When the budget state cannot
 be read, or the last snapshot is too old, calls go through and a warning is logged: a metering
 outage must not stop LLM traffic.
 
 Spend is the roll-up's, so a budget blocks calls from the refresh after the roll-up that put it
-over its limit; a new week starts unblocked.
+over its limit; a new period starts unblocked. Tag budgets block calls carrying their tag.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ FIRST_LOAD_TIMEOUT = 2.0
 HTTP_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
 
 
+_ADJECTIVE = {"day": "daily", "week": "weekly", "month": "monthly"}
+
+
 @dataclass(frozen=True)
 class Blocked:
     budget_id: int
@@ -43,12 +47,14 @@ class Blocked:
     subject: str | None
     limit_usd: Decimal
     spend_usd: Decimal
+    period: str = "week"
 
     def error(self) -> BudgetExceeded:
         who = "all usage" if self.scope == "global" else f"{self.scope} {self.subject}"
         return BudgetExceeded(
             f"budget {self.budget_id} ({who}) has spent ${format_decimal(self.spend_usd)} of its "
-            f"${format_decimal(self.limit_usd)} weekly limit; the call was not sent",
+            f"${format_decimal(self.limit_usd)} {_ADJECTIVE.get(self.period, self.period)} limit; "
+            "the call was not sent",
             budget_id=self.budget_id,
             scope=self.scope,
             subject=self.subject,
@@ -99,7 +105,9 @@ class BudgetGuard:
 
     # -- the caller's path ------------------------------------------------------------------
 
-    def check(self, *, team: str | None, user: str | None) -> None:
+    def check(
+        self, *, team: str | None, user: str | None, tags: dict[str, str] | None = None
+    ) -> None:
         snapshot = self._snapshot
         if snapshot is None:
             if self._waited:
@@ -117,6 +125,11 @@ class BudgetGuard:
             or (user is not None and blocked.get(("user", user)))
             or blocked.get(("global", ""))
         )
+        if not hit and tags:
+            for key, value in tags.items():
+                hit = blocked.get(("tag", f"{key}={value}"))
+                if hit:
+                    break
         if hit:
             raise hit.error()
 
@@ -160,26 +173,30 @@ class BudgetGuard:
         if db is None:
             raise StoreUnavailable("the database cannot be reached")
         now = datetime.now(UTC)
-        week = week_of(now, db.tz)
+        # Valid until the end of the current week at the latest (and of the current day, once
+        # a day budget is blocked: the next day starts unblocked).
+        valid_until = week_of(now, db.tz).bounds(db.tz)[1].timestamp()
         with db.engine.connect() as conn:
             conn = conn.execution_options(readonly=True)
             budgets = repo.list_budgets(conn, enforced_only=True)
-            spends = repo.spend_for(conn, week.start, budgets)
+            spends = repo.spend_now(conn, budgets, now, db.tz)
         blocked: dict[tuple[str, str], Blocked] = {}
         for b in budgets:
-            if spends[b.id] >= b.weekly_limit_units:
+            window, spend = spends[b.id]
+            valid_until = min(valid_until, window.bounds(db.tz)[1].timestamp())
+            if spend >= b.limit_units:
                 blocked.setdefault(
                     (b.scope, b.subject),
                     Blocked(
                         b.id,
                         b.scope,
                         b.subject or None,
-                        units_to_usd(b.weekly_limit_units),
-                        units_to_usd(spends[b.id]),
+                        units_to_usd(b.limit_units),
+                        units_to_usd(spend),
+                        b.period,
                     ),
                 )
-        week_end = week.bounds(db.tz)[1].timestamp()
-        return Snapshot(blocked, min(week_end, time.time() + self.stale_after))
+        return Snapshot(blocked, min(valid_until, time.time() + self.stale_after))
 
     def _load_from_server(self) -> Snapshot:
         if self._http is None:
@@ -196,13 +213,20 @@ class BudgetGuard:
         for b in response.json()["budgets"]:
             if not b.get("enforce"):
                 continue
-            limit = to_decimal(b["weekly_limit_usd"], "weekly_limit_usd")
+            limit = to_decimal(b.get("limit_usd") or b["weekly_limit_usd"], "limit_usd")
             spend = to_decimal(b["spend_usd"], "spend_usd")
             if spend >= limit:
                 subject = b.get("subject") or ""
                 blocked.setdefault(
                     (b["scope"], subject),
-                    Blocked(int(b["id"]), b["scope"], subject or None, limit, spend),
+                    Blocked(
+                        int(b["id"]),
+                        b["scope"],
+                        subject or None,
+                        limit,
+                        spend,
+                        b.get("period", "week"),
+                    ),
                 )
         return Snapshot(blocked, time.time() + self.stale_after)
 

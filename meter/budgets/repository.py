@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -15,11 +16,16 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import aliased
 
+from meter.budgets.rules import budget_window
 from meter.db import models
+from meter.periods import Window, window_of_week
+from meter.weeks import Week
 
 B = models.Budget
 A = models.Alert
 U = models.WeeklyUsage
+D = models.DailyUsage
+T = models.DailyTagUsage
 
 ALERT_KEY = ("budget_id", "type", "week_start", "threshold")
 SPLIT = 10**6  # see _spend_columns
@@ -32,18 +38,31 @@ _MAX_ID = 2**31 - 1
 class BudgetRow:
     id: int
     scope: str
-    subject: str  # '' for global
-    weekly_limit_units: int
+    subject: str  # '' for global; `key=value` for tag
+    weekly_limit_units: int  # the limit of one period, whatever the period (see limit_units)
     thresholds: tuple[Decimal, ...]
     webhook_url: str | None
     webhook_secret: str | None = field(repr=False)  # write-only: never in a repr or a log
     enforce: bool
     created_at: datetime
     updated_at: datetime
+    period: str = "week"  # day | week | month, fixed at creation
 
     @property
     def has_webhook_secret(self) -> bool:
         return bool(self.webhook_secret)
+
+    @property
+    def limit_units(self) -> int:
+        return self.weekly_limit_units
+
+    @property
+    def tag(self) -> tuple[str, str] | None:
+        """(key, value) of a tag budget."""
+        if self.scope != "tag":
+            return None
+        key, _, value = self.subject.partition("=")
+        return key, value
 
 
 @dataclass(frozen=True)
@@ -51,7 +70,7 @@ class AlertRow:
     id: str
     budget_id: int
     type: str
-    week_start: date
+    week_start: date  # the start of the budget's period
     threshold: str  # '' for projections
     spend_units: int
     limit_units: int
@@ -63,6 +82,7 @@ class AlertRow:
     last_error: str | None
     next_attempt_at: datetime | None
     delivered_at: datetime | None
+    period: str = "week"  # the budget's period kind
 
 
 _BUDGET_COLUMNS = (
@@ -76,6 +96,7 @@ _BUDGET_COLUMNS = (
     B.enforce,
     B.created_at,
     B.updated_at,
+    B.period,
 )
 
 
@@ -94,6 +115,7 @@ def _budget(row: Any) -> BudgetRow:
         enforce=bool(row.enforce),
         created_at=row.created_at,
         updated_at=row.updated_at,
+        period=row.period,
     )
 
 
@@ -147,14 +169,14 @@ def delete_budget(conn: Connection, budget_id: int) -> bool:
 # -- spend (from the roll-up) --------------------------------------------------------------------
 
 
-def _spend_columns() -> list[sa.ColumnElement[Any]]:
+def _spend_columns(table: Any = U) -> list[sa.ColumnElement[Any]]:
     # SQLite's SUM over int64 raises past 2^63 units ($9.2M): sum the millions and the remainders
     # apart, so no partial sum can overflow; Python puts them back together exactly.
     return [
-        sa.func.sum(U.input_cost_units // SPLIT),
-        sa.func.sum(U.input_cost_units % SPLIT),
-        sa.func.sum(U.output_cost_units // SPLIT),
-        sa.func.sum(U.output_cost_units % SPLIT),
+        sa.func.sum(table.input_cost_units // SPLIT),
+        sa.func.sum(table.input_cost_units % SPLIT),
+        sa.func.sum(table.output_cost_units // SPLIT),
+        sa.func.sum(table.output_cost_units % SPLIT),
     ]
 
 
@@ -172,65 +194,124 @@ def scope_condition(scope: str, subject: str, team: Any, user: Any) -> Any:
     return sa.true()
 
 
-def rollup_spend_subqueries(budget: BudgetRow, week_start: date) -> list[Any]:
-    """A budget's roll-up spend in a week as two scalar subqueries, (millions, remainders) of
-    units: `high * SPLIT + low` is exact, and no partial sum can overflow SQLite's int64.
-    For a statement that must read it together with other state (the gateway's admission)."""
-    where = (
-        U.week_start == week_start,
-        scope_condition(budget.scope, budget.subject, U.team, U.user),
-    )
-    total = U.input_cost_units + U.output_cost_units
+def rollup_spend_subqueries(budget: BudgetRow, window: Window | date) -> list[Any]:
+    """A budget's roll-up spend in a window (meter.budgets.rules.budget_window; a date is the
+    start of a week) as two scalar subqueries, (millions, remainders) of units: `high * SPLIT +
+    low` is exact, and no partial sum can overflow SQLite's int64. For a statement that must
+    read it together with other state (the gateway's admission). The same rows as `spend_in`."""
+    window = _as_window(window)
+    table: Any = U if window.kind == "week" else D
+    if budget.tag is not None:
+        table = T
+        in_scope: Any = sa.and_(T.tag_key == budget.tag[0], T.tag_value == budget.tag[1])
+    else:
+        in_scope = scope_condition(budget.scope, budget.subject, table.team, table.user)
+    where = (*_in_window(table, window), in_scope)
+    total = table.input_cost_units + table.output_cost_units
     return [
         sa.select(sa.func.coalesce(sa.func.sum(total // SPLIT), 0)).where(*where).scalar_subquery(),
         sa.select(sa.func.coalesce(sa.func.sum(total % SPLIT), 0)).where(*where).scalar_subquery(),
     ]
 
 
+def _in_window(table: Any, window: Window) -> list[sa.ColumnElement[bool]]:
+    """A week is read from weekly_usage (one row per group), any other window from its days."""
+    if table is U:
+        return [U.week_start == window.start]
+    return [table.day >= window.start, table.day < window.end]
+
+
 def spend_by(
-    conn: Connection, week_start: date, scope: str, subjects: Iterable[str]
+    conn: Connection, window: Window | date, scope: str, subjects: Iterable[str]
 ) -> dict[str, int]:
-    """This week's priced spend per team (scope 'team') or per user across teams (scope 'user')."""
+    """A window's priced spend per team (scope 'team') or per user across teams ('user').
+    A date is the start of a week (how this was called when every budget was weekly)."""
+    window = _as_window(window)
     wanted = sorted(set(subjects))
     if not wanted:
         return {}
-    column = U.team if scope == "team" else U.user
+    table: Any = U if window.kind == "week" else D
+    column = table.team if scope == "team" else table.user
     rows = conn.execute(
-        sa.select(column, *_spend_columns())
-        .where(U.week_start == week_start, column.in_(wanted))
+        sa.select(column, *_spend_columns(table))
+        .where(*_in_window(table, window), column.in_(wanted))
         .group_by(column)
     )
     return {r[0]: _total(r[1:]) for r in rows}
 
 
-def global_spend(conn: Connection, week_start: date) -> int:
-    row = conn.execute(sa.select(*_spend_columns()).where(U.week_start == week_start)).one()
+def global_spend(conn: Connection, window: Window | date) -> int:
+    window = _as_window(window)
+    table: Any = U if window.kind == "week" else D
+    row = conn.execute(sa.select(*_spend_columns(table)).where(*_in_window(table, window))).one()
     return _total(row)
 
 
-def spend_for(conn: Connection, week_start: date, budgets: Sequence[BudgetRow]) -> dict[int, int]:
-    """Each budget's spend in one week: at most three grouped queries, whatever the count."""
-    teams = spend_by(conn, week_start, "team", (b.subject for b in budgets if b.scope == "team"))
-    users = spend_by(conn, week_start, "user", (b.subject for b in budgets if b.scope == "user"))
-    everything = global_spend(conn, week_start) if any(b.scope == "global" for b in budgets) else 0
+def tag_spend(conn: Connection, window: Window, tags: Iterable[tuple[str, str]]) -> dict[str, int]:
+    """A window's priced spend of the events carrying each tag, as {"key=value": units}."""
+    out: dict[str, int] = {}
+    for key, value in sorted(set(tags)):
+        row = conn.execute(
+            sa.select(*_spend_columns(T)).where(
+                T.tag_key == key, T.tag_value == value, *_in_window(T, window)
+            )
+        ).one()
+        out[f"{key}={value}"] = _total(row)
+    return out
+
+
+def _as_window(window: Window | date) -> Window:
+    return window if isinstance(window, Window) else window_of_week(Week(window))
+
+
+def spend_in(conn: Connection, window: Window, budgets: Sequence[BudgetRow]) -> dict[int, int]:
+    """Each budget's spend in one window (whatever the budgets' own periods): at most three
+    grouped queries and one per tag, whatever the count. The one spend function: alerts, the
+    API's views, the client guard and the gateway all count spend through it."""
+    teams = spend_by(conn, window, "team", (b.subject for b in budgets if b.scope == "team"))
+    users = spend_by(conn, window, "user", (b.subject for b in budgets if b.scope == "user"))
+    tags = tag_spend(conn, window, (t for b in budgets if (t := b.tag) is not None))
+    everything = global_spend(conn, window) if any(b.scope == "global" for b in budgets) else 0
     result = {}
     for b in budgets:
         if b.scope == "team":
             result[b.id] = teams.get(b.subject, 0)
         elif b.scope == "user":
             result[b.id] = users.get(b.subject, 0)
+        elif b.scope == "tag":
+            result[b.id] = tags.get(b.subject, 0)
         else:
             result[b.id] = everything
     return result
 
 
+def spend_for(conn: Connection, week_start: date, budgets: Sequence[BudgetRow]) -> dict[int, int]:
+    """Each budget's spend in one week (`spend_in` over that week's window)."""
+    return spend_in(conn, window_of_week(Week(week_start)), budgets)
+
+
+def spend_now(
+    conn: Connection, budgets: Sequence[BudgetRow], now: datetime, tz: ZoneInfo
+) -> dict[int, tuple[Window, int]]:
+    """Each budget's current window (meter.budgets.rules.budget_window) and its spend there."""
+    by_window: dict[Window, list[BudgetRow]] = {}
+    for b in budgets:
+        by_window.setdefault(budget_window(b, now, tz), []).append(b)
+    out: dict[int, tuple[Window, int]] = {}
+    for window, members in by_window.items():
+        for budget_id, units in spend_in(conn, window, members).items():
+            out[budget_id] = (window, units)
+    return out
+
+
 # -- alerts ---------------------------------------------------------------------------------------
 
 
-def fired_keys(conn: Connection, week_start: date) -> set[tuple[int, str, str]]:
-    """(budget_id, type, threshold) already fired in a week: to skip inserts bound to conflict."""
+def fired_keys(conn: Connection, period_start: date) -> set[tuple[int, str, str]]:
+    """(budget_id, type, threshold) already fired in periods starting on `period_start`: to skip
+    inserts bound to conflict."""
     rows = conn.execute(
-        sa.select(A.budget_id, A.type, A.threshold).where(A.week_start == week_start)
+        sa.select(A.budget_id, A.type, A.threshold).where(A.week_start == period_start)
     )
     return {(r.budget_id, r.type, r.threshold) for r in rows}
 
@@ -267,6 +348,7 @@ _ALERT_COLUMNS = (
     A.last_error,
     A.next_attempt_at,
     A.delivered_at,
+    A.period,
 )
 
 
@@ -293,8 +375,8 @@ def list_alerts(
         if not 0 < budget_id <= _MAX_ID:
             return []
         query = query.where(A.budget_id == budget_id)
-    if week_start is not None:
-        query = query.where(A.week_start == week_start)
+    if week_start is not None:  # a week's alerts: those of week budgets
+        query = query.where(A.week_start == week_start, A.period == "week")
     if team is not None:
         query = query.join(B, B.id == A.budget_id).where(B.scope == "team", B.subject == team)
     return [_alert(r) for r in conn.execute(query)]

@@ -9,16 +9,21 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, Context, Decimal, InvalidOperation
+from typing import Protocol
+from zoneinfo import ZoneInfo
 
 from meter.money import format_decimal
+from meter.periods import PERIOD_KINDS, PeriodKind, Window, window_of
 
 DEFAULT_THRESHOLDS = (Decimal("0.5"), Decimal("0.8"), Decimal("1"))
 MAX_THRESHOLD = Decimal(10)
 MAX_THRESHOLDS = 20
 THRESHOLD_PLACES = 6
 RATIO_PLACES = 6
-# A projection needs some of the week behind it: a busy Monday morning says little about a week.
+# A projection needs some of the period behind it: a busy Monday morning says little about a
+# week. A seventh of the period (a day of a week; 3 h 26 min of a 24-hour day).
 PROJECTION_MIN_ELAPSED = timedelta(hours=24)
+PROJECTION_MIN_SHARE = 7  # 1/7 of the period
 
 # Wide enough for any limit (19 digits) times any threshold (8 digits) without rounding.
 _EXACT = Context(prec=60)
@@ -106,3 +111,22 @@ def projected_spend(
         return None
     projected = spend_units * _micros(week_end - week_start) // elapsed
     return projected if projected >= limit_units else None
+
+
+class HasPeriod(Protocol):
+    @property
+    def period(self) -> str: ...
+
+
+def budget_window(budget: HasPeriod, now: datetime, tz: ZoneInfo) -> Window:
+    """The window a budget counts spend in at `now`: its local day, ISO week or calendar month,
+    `[start, end)` in local dates (`.start`, `.end` exclusive, `.label`, `.bounds(tz)` for the
+    instants). With meter.budgets.repository.spend_in, what the gateway's admission reads."""
+    period: PeriodKind = budget.period if budget.period in PERIOD_KINDS else "week"  # type: ignore[assignment]
+    return window_of(period, now, tz)
+
+
+def min_elapsed(start: datetime, end: datetime) -> timedelta:
+    """How much of a period must have passed before its pace is projected: a seventh of its real
+    length (24 h of a week, as before periods; 23/25 h days and weeks across DST included)."""
+    return (end - start) / PROJECTION_MIN_SHARE

@@ -13,9 +13,9 @@ from sqlalchemy.engine import Connection
 
 from meter.budgets import repository as repo
 from meter.budgets.delivery import RetryPolicy, new_client, send
-from meter.budgets.evaluate import evaluate_weeks
+from meter.budgets.evaluate import evaluate_current
 from meter.budgets.payload import TEST, build_payload
-from meter.budgets.rules import ratio, threshold_key
+from meter.budgets.rules import budget_window, ratio, threshold_key
 from meter.budgets.schemas import (
     AlertOut,
     BudgetCreate,
@@ -24,13 +24,16 @@ from meter.budgets.schemas import (
     DeliveryOut,
     TestDelivery,
     check_subject,
+    parse_limit,
+    resolve_limit,
 )
 from meter.budgets.url_policy import RefusedUrl, check_for_storage
 from meter.events import format_timestamp
 from meter.ids import uuid7
 from meter.money import render_usd, usd_to_units
+from meter.periods import Window, window_at
 from meter.settings import Settings
-from meter.weeks import Week, week_from_start, week_of
+from meter.weeks import Week, week_of
 
 
 class BudgetInputError(ValueError):
@@ -60,14 +63,32 @@ def _stored_url(url: str | None, settings: Settings) -> str | None:
         raise BudgetInputError("webhook_url", str(exc)) from None
 
 
+def _check_tag(conn: Connection, scope: str, subject: str | None) -> None:
+    """A tag budget counts a rolled-up key: its spend is read from the tag roll-up."""
+    if scope != "tag" or not subject:
+        return
+    from meter.tags.repository import list_keys
+
+    key = subject.partition("=")[0]
+    if key not in list_keys(conn):
+        raise BudgetInputError(
+            "subject",
+            f"subject: tag key {key!r} is not rolled up; add it first with `meter tags add {key}`",
+        )
+
+
 def create_budget(conn: Connection, data: BudgetCreate, settings: Settings, clock: Clock) -> int:
-    """Store a budget and judge this week's spend against it at once (it may already be over)."""
+    """Store a budget and judge its current period's spend against it at once (it may already
+    be over)."""
+    assert data.limit_usd is not None  # BudgetCreate resolves it
+    _check_tag(conn, data.scope, data.subject)
     budget_id = repo.insert_budget(
         conn,
         {
             "scope": data.scope,
             "subject": data.subject or "",
-            "weekly_limit_units": usd_to_units(data.weekly_limit_usd, "weekly_limit_usd"),
+            "period": data.period,
+            "weekly_limit_units": usd_to_units(data.limit_usd, "limit_usd"),
             "thresholds": [threshold_key(t) for t in data.thresholds],
             "webhook_url": _stored_url(data.webhook_url, settings),
             "webhook_secret": data.webhook_secret.get_secret_value()
@@ -100,16 +121,30 @@ def update_budget(
     scope = patch.scope if "scope" in sent and patch.scope else current.scope
     subject = patch.subject if "subject" in sent else (current.subject or None)
     if "scope" in sent and patch.scope is None:
-        raise BudgetInputError("scope", "scope: must be team, user or global")
+        raise BudgetInputError("scope", "scope: must be team, user, global or tag")
+    if "period" in sent and patch.period != current.period:
+        raise BudgetInputError(
+            "period",
+            f"period: a budget's period is fixed at creation (this one is {current.period}); "
+            "create another budget for another period",
+        )
     try:
         subject = check_subject(scope, subject)
     except ValueError as exc:
         raise BudgetInputError("subject", str(exc)) from None
+    if "scope" in sent or "subject" in sent:
+        _check_tag(conn, scope, subject)
     values["scope"], values["subject"] = scope, subject or ""
-    if "weekly_limit_usd" in sent:
-        if patch.weekly_limit_usd is None:
-            raise BudgetInputError("weekly_limit_usd", "weekly_limit_usd: cannot be null")
-        values["weekly_limit_units"] = usd_to_units(patch.weekly_limit_usd, "weekly_limit_usd")
+    for field in ("limit_usd", "weekly_limit_usd"):
+        if field in sent and getattr(patch, field) is None:
+            raise BudgetInputError(field, f"{field}: cannot be null")
+    if "limit_usd" in sent or "weekly_limit_usd" in sent:
+        try:
+            limit = resolve_limit(current.period, patch.limit_usd, patch.weekly_limit_usd)
+        except ValueError as exc:
+            field = str(exc).partition(":")[0].split(" ")[0]
+            raise BudgetInputError(field, str(exc)) from None
+        values["weekly_limit_units"] = usd_to_units(parse_limit(limit, "limit_usd"), "limit_usd")
     if "thresholds" in sent:
         if patch.thresholds is None:
             raise BudgetInputError("thresholds", "thresholds: cannot be null (use [])")
@@ -131,42 +166,52 @@ def update_budget(
 def _evaluate_now(conn: Connection, budget_id: int, clock: Clock) -> None:
     budget = repo.get_budget(conn, budget_id)
     if budget is not None:
-        evaluate_weeks(conn, clock.tz, [clock.week], clock.now, budgets=[budget])
+        evaluate_current(conn, clock.tz, clock.now, [budget])
 
 
-def budget_view(budget: repo.BudgetRow, spend_units: int, week: Week) -> BudgetOut:
+def budget_view(budget: repo.BudgetRow, spend_units: int, window: Window) -> BudgetOut:
+    limit = render_usd(budget.limit_units) or "0"
+    week = window.week
     return BudgetOut(
         id=budget.id,
         scope=budget.scope,  # type: ignore[arg-type]
         subject=budget.subject or None,
-        weekly_limit_usd=render_usd(budget.weekly_limit_units) or "0",
+        period=budget.period,  # type: ignore[arg-type]
+        limit_usd=limit,
+        weekly_limit_usd=limit if budget.period == "week" else None,
         thresholds=[threshold_key(t) for t in budget.thresholds],
         webhook_url=budget.webhook_url,
         has_webhook_secret=budget.has_webhook_secret,
         enforce=budget.enforce,
-        week=week.label,
+        week=week.label if week else None,
+        period_label=window.label,
+        period_start=window.start.isoformat(),
         spend_usd=render_usd(spend_units) or "0",
-        ratio=ratio(spend_units, budget.weekly_limit_units),
+        ratio=ratio(spend_units, budget.limit_units),
         created_at=format_timestamp(budget.created_at),
         updated_at=format_timestamp(budget.updated_at),
     )
 
 
 def budget_views(conn: Connection, budgets: list[repo.BudgetRow], clock: Clock) -> list[BudgetOut]:
-    """Budgets with this week's spend, read from the roll-up."""
-    week = clock.week
-    spends = repo.spend_for(conn, week.start, budgets)
-    return [budget_view(b, spends[b.id], week) for b in budgets]
+    """Budgets with their current period's spend, read from the roll-up."""
+    spends = repo.spend_now(conn, budgets, clock.now, clock.tz)
+    return [budget_view(b, spends[b.id][1], spends[b.id][0]) for b in budgets]
 
 
 def alert_view(alert: repo.AlertRow) -> AlertOut:
     # Amounts as sent: the payload holds them exactly (the int64 columns saturate at $9.2M).
     sent = json.loads(alert.payload) if alert.payload else {}
+    window = window_at(alert.period, alert.week_start)  # type: ignore[arg-type]
+    week = window.week
     return AlertOut(
         id=alert.id,
         budget_id=alert.budget_id,
         type=alert.type,
-        week=week_from_start(alert.week_start).label,
+        week=week.label if week else None,
+        week_start=week.start.isoformat() if week else None,
+        period=window.label,
+        period_start=window.start.isoformat(),
         threshold=alert.threshold or None,
         spend_usd=sent.get("spend_usd") or render_usd(alert.spend_units) or "0",
         limit_usd=sent.get("limit_usd") or render_usd(alert.limit_units) or "0",
@@ -195,9 +240,9 @@ def test_delivery(
         type=TEST,
         alert_id=delivery_id,
         budget=budget,
-        week=clock.week,
+        window=budget_window(budget, clock.now, clock.tz),
         threshold=None,
-        limit_units=budget.weekly_limit_units,
+        limit_units=budget.limit_units,
         spend_units=spend_units,
         fired_at=clock.now,
     ).encode("utf-8")

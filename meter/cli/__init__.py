@@ -14,6 +14,7 @@ from meter.cli import (  # noqa: F401  (each registers its commands)
     rollup,
     serve,
     spool,
+    tags,
 )
 from meter.cli._app import app
 

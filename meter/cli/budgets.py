@@ -1,4 +1,5 @@
-"""`meter budgets list|create`: weekly limits with this week's spend, straight from the database."""
+"""`meter budgets list|create`: limits of a day, week or month with the current period's spend,
+straight from the database."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from rich.table import Table
 
 from meter.cli._app import app, console, database, err_console, fail, friendly_errors, settings
 
-budgets_app = typer.Typer(help="List and create weekly budgets.", no_args_is_help=True)
+budgets_app = typer.Typer(
+    help="List and create budgets (per day, week or month).", no_args_is_help=True
+)
 app.add_typer(budgets_app, name="budgets")
 
 
-_OPTIONS = {"weekly_limit_usd": "--limit", "thresholds": "--threshold"}
+_OPTIONS = {"weekly_limit_usd": "--limit", "limit_usd": "--limit", "thresholds": "--threshold"}
 
 
 def _option_error(field: str, message: str) -> str:
@@ -29,7 +32,7 @@ def _option_error(field: str, message: str) -> str:
 def list_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Every budget with this week's spend (from the last roll-up) and its ratio of the limit."""
+    """Every budget with its current period's spend (from the last roll-up) and its ratio."""
     from meter.budgets import repository as repo
     from meter.budgets import service
 
@@ -49,7 +52,7 @@ def list_cmd(
         "id",
         "scope",
         "subject",
-        "week",
+        "period",
         "spend (USD)",
         "limit (USD)",
         "ratio",
@@ -62,9 +65,9 @@ def list_cmd(
             str(v.id),
             v.scope,
             v.subject or "(everything)",
-            v.week,
+            v.period_label,
             v.spend_usd,
-            v.weekly_limit_usd,
+            v.limit_usd,
             v.ratio,
             ", ".join(v.thresholds),
             ("signed" if v.has_webhook_secret else "unsigned") if v.webhook_url else "-",
@@ -76,9 +79,12 @@ def list_cmd(
 @budgets_app.command("create")
 @friendly_errors
 def create_cmd(
-    scope: str = typer.Option(..., help="team, user or global."),
-    subject: str | None = typer.Option(None, help="The team or user; none for global."),
-    limit: str = typer.Option(..., help="Weekly limit in USD, e.g. 50 or 12.50."),
+    scope: str = typer.Option(..., help="team, user, global or tag."),
+    subject: str | None = typer.Option(
+        None, help="The team, the user or key=value of a rolled-up tag; none for global."
+    ),
+    limit: str = typer.Option(..., help="Limit of one period in USD, e.g. 50 or 12.50."),
+    period: str = typer.Option("week", help="day, week or month (fixed once created)."),
     threshold: list[str] | None = typer.Option(
         None, "--threshold", help="A ratio of the limit that alerts; repeat it. Default 0.5 0.8 1."
     ),
@@ -96,7 +102,8 @@ def create_cmd(
     doc: dict[str, object] = {
         "scope": scope,
         "subject": subject,
-        "weekly_limit_usd": limit,
+        "period": period,
+        "limit_usd": limit,
         "webhook_url": webhook_url,
         "webhook_secret": webhook_secret,
         "enforce": enforce,
@@ -124,8 +131,8 @@ def create_cmd(
         db.dispose()
     who = "everything" if view.scope == "global" else f"{view.scope} {view.subject}"
     err_console.print(
-        f"budget {budget_id}: {who}, ${view.weekly_limit_usd} a week "
-        f"(this week ${view.spend_usd}, ratio {view.ratio})",
+        f"budget {budget_id}: {who}, ${view.limit_usd} a {view.period} "
+        f"(this {view.period} ${view.spend_usd}, ratio {view.ratio})",
         highlight=False,
     )
     typer.echo(budget_id)

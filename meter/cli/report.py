@@ -38,7 +38,9 @@ def _choice(option: str, value: str, allowed: tuple[str, ...]) -> str:
 
 
 def _print_json(model: BaseModel) -> None:
-    typer.echo(json.dumps(model.model_dump(mode="json"), indent=2, ensure_ascii=False))
+    typer.echo(
+        json.dumps(model.model_dump(mode="json", by_alias=True), indent=2, ensure_ascii=False)
+    )
 
 
 def _table(title: str, caption: str | None, *columns: str) -> Table:
@@ -59,16 +61,20 @@ def _usd(value: str | None) -> str:
 def user_cmd(
     user: str = typer.Argument(..., help="The user id, as recorded (may contain '/')."),
     week: str | None = typer.Option(None, help="YYYY-Www, e.g. 2026-W48 (default: this week)."),
+    day: str | None = typer.Option(None, help="A local date, YYYY-MM-DD."),
+    month: str | None = typer.Option(None, help="YYYY-MM, e.g. 2026-11."),
+    first: str | None = typer.Option(None, "--from", help="First local date (with --to)."),
+    last: str | None = typer.Option(None, "--to", help="Last local date, inclusive."),
     fmt: str = typer.Option("table", "--format", help="table, json (the API's) or csv."),
 ) -> None:
-    """One user's bill for a week: one line per model, across teams."""
+    """One user's bill for a week, day, month or dates: one line per model, across teams."""
     from meter.reports import user_report
     from meter.reports.csv_export import user_report_csv
 
     _choice("--format", fmt, ("table", "json", "csv"))
     db = database()
     try:
-        report = user_report(db, user, week=week)
+        report = user_report(db, user, week=week, day=day, month=month, first=first, last=last)
     except InvalidRequest as exc:
         raise _option_error(exc) from None
     finally:
@@ -80,7 +86,9 @@ def user_cmd(
         typer.echo(user_report_csv(report), nl=False)
         return
     table = _table(
-        f"{report.user}: {report.week} (week of {report.week_start})",
+        f"{report.user}: {report.week} (week of {report.week_start})"
+        if report.week
+        else f"{report.user}: {report.first} to {report.to}",
         f"roll-up as of {report.as_of or 'never: run `meter rollup`'}",
         "model", "requests", "prompt tok", "completion tok", "unpriced", "input", "output",
         "cost",
@@ -148,3 +156,53 @@ def team_cmd(
         for b in summary.budgets:
             budgets.add_row(str(b.id), f"${b.weekly_limit_usd}", f"${b.spend_usd}", b.ratio or "-")
         console.print(budgets)
+
+
+@report_app.command("billing")
+@friendly_errors
+def billing_cmd(
+    month: str | None = typer.Option(None, help="YYYY-MM (default: this month)."),
+    week: str | None = typer.Option(None, help="YYYY-Www."),
+    first: str | None = typer.Option(None, "--from", help="First local date (with --to)."),
+    last: str | None = typer.Option(None, "--to", help="Last local date, inclusive."),
+    team: str | None = typer.Option(None, help="Only this team."),
+    fmt: str = typer.Option("table", "--format", help="table, json (the API's) or csv."),
+) -> None:
+    """Every user's bill for a month, a week or dates, most expensive first; exact money."""
+    from meter.reports.csv_export import billing_csv
+    from meter.reports.period_service import billing_report
+
+    _choice("--format", fmt, ("table", "json", "csv"))
+    db = database()
+    try:
+        report, lines = billing_report(
+            db, month=month, week=week, first=first, last=last, team=team
+        )
+    except InvalidRequest as exc:
+        raise _option_error(exc) from None
+    finally:
+        db.dispose()
+    if fmt == "json":
+        _print_json(report)
+        return
+    if fmt == "csv":
+        typer.echo(billing_csv(report, lines), nl=False)
+        return
+    table = _table(
+        f"billing {report.first} to {report.to} ({report.timezone})",
+        f"roll-up as of {report.as_of or 'never: run `meter rollup`'}",
+        "user", "team", "requests", "prompt tok", "completion tok", "unpriced", "cost",
+    )  # fmt: skip
+    for e in report.users:
+        table.add_row(
+            e.user or "(no user)",
+            e.team or "(no team)",
+            f"{e.requests:,}",
+            f"{e.prompt_tokens:,}",
+            f"{e.completion_tokens:,}",
+            f"{e.unpriced:,}",
+            _usd(e.cost_usd),
+        )
+    table.add_section()
+    table.add_row("total", "", "", "", "", "", _usd(report.total_cost_usd))
+    console.print(table)

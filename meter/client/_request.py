@@ -150,7 +150,7 @@ def prepare(
         ).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise InvalidRequest(f"the request cannot be sent as JSON: {exc}", None) from exc
-    meter.check_budget(team=team, user=user)
+    meter.check_budget(team=team, user=user, tags=call_tags or None)
     headers = config.headers
     accept = "text/event-stream" if stream else "application/json"
     headers = {**headers, "Accept": accept, **(extra_headers or {})}

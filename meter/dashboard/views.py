@@ -15,10 +15,12 @@ from meter.budgets.service import alert_view
 from meter.dashboard.chart import Bar, budget_gauge, weekly_spend_chart
 from meter.db.session import Database
 from meter.money import render_usd, usd_to_units
+from meter.periods import local_date, parse_period, window_at, windows_between
 from meter.reports import team_summary, user_report, weekly_usage
-from meter.reports.schemas import TeamSummary, TeamWeek, UserReport
+from meter.reports.period_service import billing_report, usage
+from meter.reports.schemas import BillingReport, TeamSummary, TeamWeek, UserReport
 from meter.reports.service import DEFAULT_WEEKS, this_week
-from meter.weeks import parse_week
+from meter.weeks import now_utc, parse_week
 
 RECENT_ALERTS = 10
 
@@ -26,6 +28,8 @@ RECENT_ALERTS = 10
 @dataclass(frozen=True)
 class BudgetView:
     id: int
+    period: str  # day | week | month
+    period_label: str  # the current period: what spend_usd is for
     limit_usd: str
     spend_usd: str
     ratio: str | None
@@ -45,10 +49,21 @@ class ModelLine:
 
 
 @dataclass(frozen=True)
+class DayLine:
+    day: str
+    requests: int
+    cost_usd: str | None
+
+
+@dataclass(frozen=True)
 class TeamPage:
     team: str
     summary: TeamSummary
     this_week: TeamWeek
+    week_days: list[DayLine]  # this week, Monday to Sunday
+    month_label: str
+    month_days: list[DayLine]  # this month, its first day to today
+    month_usd: str  # month to date, exact
     chart: Markup
     budgets: list[BudgetView]
     top_models: list[ModelLine]
@@ -117,25 +132,80 @@ def team_page(db: Database, team: str, now: datetime | None = None) -> TeamPage:
         budgets.append(
             BudgetView(
                 id=b.id,
-                limit_usd=b.weekly_limit_usd,
+                period=row.period,
+                period_label=b.period,
+                limit_usd=b.limit_usd,
                 spend_usd=b.spend_usd,
                 ratio=b.ratio,
                 thresholds=thresholds,
                 enforce=row.enforce,
                 has_webhook=bool(row.webhook_url),
-                gauge=budget_gauge(b.spend_usd, b.weekly_limit_usd, thresholds),
+                gauge=budget_gauge(b.spend_usd, b.limit_usd, thresholds),
             )
         )
+    week_window = parse_period("week", current.week)
+    today = local_date(now or now_utc(), db.tz)
+    month = window_at("month", today)
+    week_days = day_lines(db, team, week_window.start, week_window.last_day, now)
+    month_days = day_lines(db, team, month.start, today, now)
     return TeamPage(
         team=team,
         summary=summary,
         this_week=current,
+        week_days=week_days,
+        month_label=month.label,
+        month_days=month_days,
+        month_usd=render_usd(sum(usd_to_units(Decimal(d.cost_usd or 0)) for d in month_days))
+        or "0",
         chart=chart,
         budgets=budgets,
         top_models=top_models,
         alerts=alerts,
         total_usd=render_usd(sum(usd_to_units(Decimal(w.cost_usd or 0)) for w in summary.weeks))
         or "0",
+    )
+
+
+def day_lines(
+    db: Database, team: str, first: date, last: date, now: datetime | None = None
+) -> list[DayLine]:
+    """A team's days first..last (local), empty days as zeros: `GET /v1/usage?period=day`."""
+    found = usage(
+        db, period="day", first=first.isoformat(), last=last.isoformat(), team=team,
+        group_by="", now=now,
+    ).rows  # fmt: skip
+    by_day = {row.period: row for row in found}
+    lines = []
+    for window in windows_between(window_at("day", first), window_at("day", last)):
+        row = by_day.get(window.label)
+        lines.append(
+            DayLine(window.label, row.requests, row.cost_usd)
+            if row is not None
+            else DayLine(window.label, 0, "0")
+        )
+    return lines
+
+
+@dataclass(frozen=True)
+class BillingPage:
+    report: BillingReport
+    month: str
+    previous_month: str
+    next_month: str | None  # None: the report is for this month (or later)
+
+
+def billing_page(
+    db: Database, month: str | None, team: str | None, now: datetime | None = None
+) -> BillingPage:
+    """Every user's bill for a month (`team`: what a team-scoped key may see)."""
+    report, _ = billing_report(db, month=month, team=team, now=now)
+    shown = window_at("month", date.fromisoformat(report.first))
+    current = window_at("month", local_date(now or now_utc(), db.tz))
+    return BillingPage(
+        report=report,
+        month=shown.label,
+        previous_month=shown.previous().label,
+        next_month=shown.next().label if shown < current else None,
     )
 
 
@@ -155,6 +225,7 @@ def user_page(
 ) -> UserPage:
     """A user's bill for a week by model (`team`: what a team-scoped key may see)."""
     report = user_report(db, user, week=week, team=team, now=now)
+    assert report.week is not None  # a week was asked for
     shown = parse_week(report.week)
     current = this_week(db, now)
     return UserPage(

@@ -26,6 +26,7 @@ from meter.db import models
 from meter.events import EventRecord
 from meter.events import InsertResult as InsertResult  # defined there: the recorder needs no SQL
 from meter.money import provider_cost_to_units
+from meter.periods import window_of
 from meter.pricing import Price, PriceBook
 from meter.settings import DEFAULT_LOOKUP_WINDOW_SECONDS
 from meter.weeks import week_of
@@ -54,6 +55,7 @@ EVENT_COLUMNS = (
     "input_cost_units",
     "output_cost_units",
     "received_at",
+    "day",  # last, so that the positions _copy_line and the SQLite marks rely on stay put
 )
 _QUOTED = ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
 
@@ -93,24 +95,22 @@ def _utc_text(moment: datetime) -> str:
 _EPOCH = datetime.min.replace(tzinfo=UTC)
 
 
-class _WeekCache:
-    """`week_of` for a batch: events of one batch mostly share a week, and a week's exact UTC
-    bounds answer the question for all of them without a timezone conversion each. `value` is
-    the week's text, as stored (SQLite) or sent (PostgreSQL's COPY)."""
+class _DayCache:
+    """The local day and week of the events of a batch, which mostly share a day: the day's
+    exact UTC bounds answer the question for all of them without a timezone conversion each.
+    `day` and `week` are their text, as stored (SQLite) or sent (PostgreSQL's COPY)."""
 
     def __init__(self, tz: ZoneInfo) -> None:
         self.tz = tz
         self.lo = self.hi = _EPOCH
-        self.start = date.min
-        self.value = ""
+        self.day = self.week = ""
 
-    def start_of(self, moment: datetime) -> date:
+    def see(self, moment: datetime) -> None:
         if not (self.lo <= moment < self.hi):
-            week = week_of(moment, self.tz)
-            self.lo, self.hi = week.bounds(self.tz)
-            self.start = week.start
-            self.value = week.start.isoformat()
-        return self.start
+            window = window_of("day", moment, self.tz)
+            self.lo, self.hi = window.bounds(self.tz)
+            self.day = window.start.isoformat()
+            self.week = week_of(moment, self.tz).start.isoformat()
 
 
 class _SecondCache:
@@ -134,7 +134,7 @@ class _SecondCache:
 def _row(
     event: EventRecord,
     book: PriceBook,
-    weeks: _WeekCache,
+    days: _DayCache,
     seconds: _SecondCache,
     received: str,
 ) -> tuple[Any, ...]:
@@ -146,7 +146,7 @@ def _row(
         price_id = price.id
         input_cost = event.prompt_tokens * price.input_units
         output_cost = event.completion_tokens * price.output_units
-    weeks.start_of(event.occurred_at)
+    days.see(event.occurred_at)
     tags = json.dumps(event.tags, ensure_ascii=False) if event.tags is not None else None
     provider_cost = (
         provider_cost_to_units(event.provider_cost_usd)
@@ -156,7 +156,7 @@ def _row(
     return (
         event.id.hex,
         seconds.text(event.occurred_at),
-        weeks.value,
+        days.week,
         event.model,
         event.user or "",
         event.team or "",
@@ -175,6 +175,7 @@ def _row(
         input_cost,
         output_cost,
         received,
+        days.day,
     )
 
 
@@ -196,7 +197,7 @@ def insert_events(
     received_at = received_at or datetime.now(UTC)
     sqlite = conn.dialect.name == "sqlite"
     received = _utc_text(received_at)
-    weeks = _WeekCache(tz)
+    days = _DayCache(tz)
     seconds = _SecondCache()
     seen: set[Any] = set()
     rows = []
@@ -205,7 +206,7 @@ def insert_events(
         if event.id in seen:
             continue
         seen.add(event.id)
-        rows.append(_row(event, book, weeks, seconds, received))
+        rows.append(_row(event, book, days, seconds, received))
         # One comparison for the common `provider` event; the rare estimated one is queued.
         if event.usage_source == "estimated" and event.generation_id is not None:
             lookups.append(event)

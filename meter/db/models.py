@@ -136,6 +136,7 @@ class Event(Base):
     input_cost_units: Mapped[int | None] = mapped_column(BigInt)  # None: unpriced
     output_cost_units: Mapped[int | None] = mapped_column(BigInt)
     received_at: Mapped[datetime]
+    day: Mapped[date]  # local date of occurred_at in the database's timezone (meter.periods)
 
 
 class RollupDirty(Base):
@@ -180,6 +181,78 @@ class WeeklyUsage(Base):
     updated_at: Mapped[datetime]
 
 
+class DailyUsage(Base):
+    """Roll-up totals per (local day, team, user, model): weeks and months are sums of these.
+
+    `week_start` is the day's local Monday, so that a roll-up chunk (which covers week groups)
+    finds its days. The provider columns are over the events that carry a provider cost:
+    their sum, their count and meter's own cost of them (SPEC section 9's drift).
+    """
+
+    __tablename__ = "daily_usage"
+    __table_args__ = (
+        sa.Index("ix_daily_usage_week_group", "week_start", "team", "user", "model"),
+        sa.Index("ix_daily_usage_team_day", "team", "day"),
+        sa.Index("ix_daily_usage_user_day", "user", "day"),
+    )
+
+    day: Mapped[date] = mapped_column(primary_key=True)
+    team: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    user: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    model: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    week_start: Mapped[date]
+    requests: Mapped[int] = mapped_column(BigInt)
+    prompt_tokens: Mapped[int] = mapped_column(BigInt)
+    completion_tokens: Mapped[int] = mapped_column(BigInt)
+    errors: Mapped[int] = mapped_column(BigInt)
+    estimated: Mapped[int] = mapped_column(BigInt)
+    unpriced: Mapped[int] = mapped_column(BigInt)
+    input_cost_units: Mapped[int] = mapped_column(BigInt)  # over priced events only
+    output_cost_units: Mapped[int] = mapped_column(BigInt)
+    reconciled: Mapped[int] = mapped_column(BigInt)
+    provider_cost_events: Mapped[int] = mapped_column(BigInt)
+    provider_cost_units: Mapped[int] = mapped_column(BigInt)
+    provider_meter_cost_units: Mapped[int] = mapped_column(BigInt)
+    updated_at: Mapped[datetime]
+
+
+class TagKey(Base):
+    """A tag key whose values are rolled up daily (`meter tags add KEY`)."""
+
+    __tablename__ = "tag_keys"
+    key: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
+    created_at: Mapped[datetime]
+
+
+class DailyTagUsage(Base):
+    """Roll-up totals per (local day, tag key, tag value, team, user, model), for the rolled-up
+    keys only, over the events that carry the key (those without it are the day's totals minus
+    these rows). Kept by the same chunks as daily_usage."""
+
+    __tablename__ = "daily_tag_usage"
+    __table_args__ = (
+        sa.Index("ix_daily_tag_usage_week_group", "week_start", "team", "user", "model"),
+        sa.Index("ix_daily_tag_usage_key_value_day", "tag_key", "tag_value", "day"),
+    )
+
+    day: Mapped[date] = mapped_column(primary_key=True)
+    tag_key: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
+    tag_value: Mapped[str] = mapped_column(sa.String(500), primary_key=True)
+    team: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    user: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    model: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    week_start: Mapped[date]
+    requests: Mapped[int] = mapped_column(BigInt)
+    prompt_tokens: Mapped[int] = mapped_column(BigInt)
+    completion_tokens: Mapped[int] = mapped_column(BigInt)
+    errors: Mapped[int] = mapped_column(BigInt)
+    estimated: Mapped[int] = mapped_column(BigInt)
+    unpriced: Mapped[int] = mapped_column(BigInt)
+    input_cost_units: Mapped[int] = mapped_column(BigInt)
+    output_cost_units: Mapped[int] = mapped_column(BigInt)
+    updated_at: Mapped[datetime]
+
+
 class RollupState(Base):
     """One row: the lease that lets one roll-up run at a time, and when one last finished."""
 
@@ -209,8 +282,10 @@ class ApiKey(Base):
 class Budget(Base):
     __tablename__ = "budgets"
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
-    scope: Mapped[str] = mapped_column(sa.String(16))  # team | user | global
-    subject: Mapped[str] = mapped_column(sa.String(200), default="")  # '' for global
+    scope: Mapped[str] = mapped_column(sa.String(16))  # team | user | global | tag
+    subject: Mapped[str] = mapped_column(sa.String(200), default="")  # '' for global; tag: k=v
+    period: Mapped[str] = mapped_column(sa.String(8), server_default="week")  # day|week|month
+    # The limit of one period (named when every budget was weekly).
     weekly_limit_units: Mapped[int] = mapped_column(BigInt)
     thresholds: Mapped[list[str]]  # decimal strings, ascending
     webhook_url: Mapped[str | None] = mapped_column(sa.String(2000))
@@ -221,8 +296,9 @@ class Budget(Base):
 
 
 class Alert(Base):
-    """A fired threshold. The unique key makes each (budget, type, week, threshold) fire once,
-    whichever process gets there first; the row is also the delivery's durable outbox entry."""
+    """A fired threshold. The unique key makes each (budget, type, period, threshold) fire once,
+    whichever process gets there first; the row is also the delivery's durable outbox entry.
+    `week_start` is the start of the budget's period (its Monday for a week budget)."""
 
     __tablename__ = "alerts"
     __table_args__ = (
@@ -233,6 +309,7 @@ class Alert(Base):
     id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
     budget_id: Mapped[int] = mapped_column(sa.ForeignKey("budgets.id", ondelete="CASCADE"))
     type: Mapped[str] = mapped_column(sa.String(40))
+    period: Mapped[str] = mapped_column(sa.String(8), server_default="week")
     week_start: Mapped[date]
     threshold: Mapped[str] = mapped_column(sa.String(20))  # decimal string; '' for projections
     spend_units: Mapped[int] = mapped_column(BigInt)

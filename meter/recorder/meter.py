@@ -179,7 +179,9 @@ class Recorder:
             self._writer.stats.failures += 1
             log.exception("meter: could not spool event %s", getattr(event, "id", "?"))
 
-    def check_budget(self, *, team: str | None, user: str | None) -> None:
+    def check_budget(
+        self, *, team: str | None, user: str | None, tags: dict[str, str] | None = None
+    ) -> None:
         """Raise BudgetExceeded when an enforced budget covering the call is used up."""
         guard = self._guard
         if guard is None:
@@ -189,7 +191,7 @@ class Recorder:
 
                     self._guard = BudgetGuard(self)
                 guard = self._guard
-        guard.check(team=team, user=user)
+        guard.check(team=team, user=user, tags=tags)
 
     def price_at(self, model: str, moment: datetime) -> Price | None:
         """The price in effect for `model` at `moment` (cached price book), None if unpriced."""

@@ -9,12 +9,14 @@ from datetime import datetime
 from sqlalchemy.engine import Connection
 
 from meter._exceptions import InvalidRequest
+from meter.budgets import repository as budget_repo
 from meter.budgets.rules import ratio
 from meter.db.session import Database
 from meter.events import format_timestamp
 from meter.money import render_usd
-from meter.reports import queries
+from meter.reports import period_queries, queries
 from meter.reports.queries import DIMENSIONS, Totals
+from meter.reports.ranges import date_range
 from meter.reports.schemas import (
     TeamBudget,
     TeamSummary,
@@ -143,14 +145,25 @@ def user_report(
     user: str,
     *,
     week: str | None = None,
+    day: str | None = None,
+    month: str | None = None,
+    first: str | None = None,
+    last: str | None = None,
     team: str | None = None,
     now: datetime | None = None,
 ) -> UserReport:
-    """A user's bill for one week, per model, across teams (`team` limits it to one)."""
-    target = parse_week_param(week, "week") if week is not None else this_week(db, now)
+    """A user's bill for a week (default this week), a day, a month or from/to local dates,
+    per model, across teams (`team` limits it to one)."""
+    span = date_range(
+        db, day=day, week=week, month=month, first=first, last=last, default="week", now=now
+    )
+    target = span.window.week if span.window is not None else None
     with queries.reading(db) as conn:
         as_of = _as_of(conn)
-        found = queries.user_lines(conn, user, target.start, team)
+        if target is not None:
+            found = queries.user_lines(conn, user, target.start, team)
+        else:
+            found = period_queries.user_lines(conn, user, span.first, span.last, team)
     lines = []
     priced = False
     total = 0
@@ -173,8 +186,10 @@ def user_report(
             total += t.cost_units
     return UserReport(
         user=user,
-        week=target.label,
-        week_start=target.start.isoformat(),
+        week=target.label if target else None,
+        week_start=target.start.isoformat() if target else None,
+        first=span.first.isoformat(),
+        to=span.last.isoformat(),
         lines=lines,
         total_cost_usd=render_usd(total) if priced or not lines else None,
         as_of=as_of,
@@ -197,7 +212,8 @@ def team_summary(
         as_of = _as_of(conn)
         per_week = queries.team_weeks(conn, team, span[0].start, current.start)
         users = queries.team_users(conn, team, current.start)
-        budgets = queries.team_budgets(conn, team)
+        budgets = budget_repo.list_budgets(conn, team=team)
+        spends = budget_repo.spend_now(conn, budgets, now or now_utc(), db.tz)
     week_rows = []
     for w in span:
         t = per_week.get(w.start, Totals())
@@ -213,14 +229,19 @@ def team_summary(
         )
     users.sort(key=lambda u: (-u[1].cost_units, -u[1].requests, u[0]))
     top = [TopUser(user=_blank_is_none(u), cost_usd=_costs(t)[2]) for u, t in users[:TOP_USERS]]
-    spend = per_week.get(current.start, Totals()).cost_units
-    budget_rows = [
-        TeamBudget(
-            id=budget_id,
-            weekly_limit_usd=render_usd(limit) or "0",
-            spend_usd=render_usd(spend) or "0",
-            ratio=spend_ratio(spend, limit),
+    budget_rows = []
+    for budget in budgets:
+        window, spend = spends[budget.id]
+        limit = render_usd(budget.limit_units) or "0"
+        budget_rows.append(
+            TeamBudget(
+                id=budget.id,
+                weekly_limit_usd=limit if budget.period == "week" else None,
+                limit_usd=limit,
+                period=window.label,
+                period_start=window.start.isoformat(),
+                spend_usd=render_usd(spend) or "0",
+                ratio=spend_ratio(spend, budget.limit_units),
+            )
         )
-        for budget_id, limit in budgets
-    ]
     return TeamSummary(team=team, as_of=as_of, weeks=week_rows, top_users=top, budgets=budget_rows)

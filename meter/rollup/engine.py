@@ -1,4 +1,9 @@
-"""The weekly roll-up: consume dirty marks, recompute their (week, team, user, model) groups.
+"""The roll-up: consume dirty marks, recompute their (week, team, user, model) groups.
+
+A group's days (daily_usage, per local date), its rolled-up tags' days (daily_tag_usage) and its
+week (weekly_usage, the sum of its days) are recomputed together, in the chunk that takes its
+mark: a day always lies in one week, so the weekly marks drive the days too, and a week and a
+month are exact sums of the same daily rows.
 
 Why it counts every committed event exactly once, whatever order writers commit in:
 
@@ -20,13 +25,13 @@ Why it counts every committed event exactly once, whatever order writers commit 
    (b) reaches its upsert while we hold the mark, or after we deleted it: it waits for our
    commit, then finds no conflicting row and inserts a fresh mark. In both cases its group is
    recomputed later. So a mark exists for every group whose committed events are not yet in
-   weekly_usage.
+   weekly_usage and daily_usage.
 
 Why it cannot deadlock: writers take mark locks in sorted order (meter.db.ledger)
 and so does a chunk (`ORDER BY ... COLLATE "C"`, the same code-point order); a chunk takes no
-lock a writer could hold besides the marks (events are only read; weekly_usage and the lease
-row are written by the lease holder alone). Ordered acquisition of one kind of lock cannot form
-a cycle. A deadlock or serialization failure would still only abort the chunk, which is retried.
+lock a writer could hold besides the marks (events are only read; the roll-up tables and the
+lease row are written by the lease holder alone). Ordered acquisition of one kind of lock cannot
+form a cycle. A deadlock or serialization failure would still only abort the chunk (retried).
 
 Cost: consecutive dirty weeks share a chunk up to CHUNK_GROUPS marks (a week with more is
 split into key ranges). A chunk whose marks cover most of its rows recomputes its range with one
@@ -137,9 +142,13 @@ def rollup_chunk(db: Database, holder: str, chunk: Chunk, now: datetime) -> tupl
                     return 0, 0
                 whole = taken >= WHOLE_RANGE_SHARE * existing
                 repo.drop_counted_holds(conn, chunk, whole)
+                tags = bool(repo.rolled_up_tag_keys(conn))
                 before = 0
                 if existing:  # else nothing is rolled up in this range yet: nothing to drop
                     before = repo.requests_in_scope(conn, chunk, whole)
+                    repo.delete_days(conn, chunk, whole, tags)
+                repo.write_days(conn, chunk, now, whole, tags)
+                if existing:
                     repo.delete_emptied(conn, chunk)
                 if whole:
                     repo.recompute_range(conn, chunk, now, empty=not existing)

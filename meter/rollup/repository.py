@@ -206,25 +206,27 @@ def requests_in_scope(conn: Connection, chunk: Chunk, whole_range: bool) -> int:
 
 
 def delete_emptied(conn: Connection, chunk: Chunk) -> None:
-    """Drop the roll-up row of a locked group that has no events left.
+    """Drop the weekly row of a locked group that has no days left (run after `write_days`).
 
     A scalar subquery with LIMIT rather than NOT EXISTS: PostgreSQL turns NOT EXISTS into an
-    anti-join that sorts the whole week's events; this is one index probe per locked row.
+    anti-join that sorts the whole week's rows; this is one index probe per locked row.
     """
     scope, params = _scope(conn, chunk)
     where, in_weeks = _week_range("weekly_usage", chunk)
-    match = " AND ".join(f'e."{c}" = weekly_usage."{c}"' for c in _KEY)
+    match = " AND ".join(f'd."{c}" = weekly_usage."{c}"' for c in _KEY)
     conn.execute(
         _text(
             f'DELETE FROM weekly_usage WHERE {where} AND (week_start, team, "user", model) IN '
             f'(SELECT k.week_start, k.team, k."user", k.model FROM {scope} k) '
-            f"AND (SELECT 1 FROM events e WHERE {match} LIMIT 1) IS NULL"
+            f"AND (SELECT 1 FROM daily_usage d WHERE {match} LIMIT 1) IS NULL"
         ),
         {**params, **in_weeks},
     )
 
 
-AGGREGATES = """
+# Per event, as in every report: money over priced events only; the provider columns over the
+# events that carry a provider cost (SPEC section 9: their sum, count and meter's own cost).
+_COUNTS = """
     COUNT(*),
     COALESCE(SUM(e.prompt_tokens), 0),
     COALESCE(SUM(e.completion_tokens), 0),
@@ -232,9 +234,15 @@ AGGREGATES = """
     COALESCE(SUM(CASE WHEN e.usage_source = 'estimated' THEN 1 ELSE 0 END), 0),
     COALESCE(SUM(CASE WHEN e.input_cost_units IS NULL THEN 1 ELSE 0 END), 0),
     COALESCE(SUM(e.input_cost_units), 0),
-    COALESCE(SUM(e.output_cost_units), 0),
-    :now
-"""
+    COALESCE(SUM(e.output_cost_units), 0)"""
+AGGREGATES = _COUNTS + ",\n    :now\n"
+_PROVIDER = """,
+    COALESCE(SUM(CASE WHEN e.usage_source = 'reconciled' THEN 1 ELSE 0 END), 0),
+    COALESCE(SUM(CASE WHEN e.provider_cost_units IS NULL THEN 0 ELSE 1 END), 0),
+    COALESCE(SUM(e.provider_cost_units), 0),
+    COALESCE(SUM(CASE WHEN e.provider_cost_units IS NULL THEN 0
+        ELSE COALESCE(e.input_cost_units, 0) + COALESCE(e.output_cost_units, 0) END), 0)"""
+DAILY_AGGREGATES = _COUNTS + _PROVIDER + ",\n    :now\n"
 _TOTALS = (
     "requests",
     "prompt_tokens",
@@ -245,7 +253,25 @@ _TOTALS = (
     "input_cost_units",
     "output_cost_units",
 )
+_PROVIDER_TOTALS = (
+    "reconciled",
+    "provider_cost_events",
+    "provider_cost_units",
+    "provider_meter_cost_units",
+)
 COLUMNS = 'week_start, team, "user", model, ' + ", ".join(_TOTALS) + ", updated_at"
+DAILY_COLUMNS = (
+    'day, team, "user", model, week_start, '
+    + ", ".join((*_TOTALS, *_PROVIDER_TOTALS))
+    + ", updated_at"
+)
+_TAG_COLUMNS = (
+    'day, tag_key, tag_value, team, "user", model, week_start, '
+    + ", ".join(_TOTALS)
+    + ", updated_at"
+)
+# A week is the sum of its days: exact, and a fifth of the rows of a second pass over events.
+_WEEK_FROM_DAYS = ", ".join(f"SUM(d.{c})" for c in _TOTALS) + ", :now"
 # Rows whose totals did not change are left alone: no write, updated_at keeps its meaning.
 _UPSERT = (
     'ON CONFLICT (week_start, team, "user", model) DO UPDATE SET '
@@ -259,21 +285,97 @@ _UPSERT = (
 # hashed GROUP BY hands them over in hash order, and a team's 52-week summary then read ~10,000
 # scattered pages for its 15,600 rows instead of a few hundred (PostgreSQL, 5M events: p99
 # 44 ms -> 63-90 ms until this ORDER BY).
-_IN_KEY_ORDER = 'ORDER BY e.week_start, e.team, e."user", e.model'
+_IN_KEY_ORDER = 'ORDER BY d.week_start, d.team, d."user", d.model'
+_DAY_GROUP = 'e.day, e.team, e."user", e.model, e.week_start'
+
+
+def delete_days(conn: Connection, chunk: Chunk, whole_range: bool, tags: bool) -> None:
+    """Drop the daily (and tag) rows the chunk recomputes: its whole range, or its groups'."""
+    tables = ("daily_usage", "daily_tag_usage") if tags else ("daily_usage",)
+    for table in tables:
+        if whole_range:
+            where, params = _range(table, chunk)
+            conn.execute(_text(f"DELETE FROM {table} WHERE {where}"), params)
+            continue
+        scope, params = _scope(conn, chunk)
+        where, in_weeks = _week_range(table, chunk)
+        conn.execute(
+            _text(
+                f'DELETE FROM {table} WHERE {where} AND (week_start, team, "user", model) IN '
+                f'(SELECT k.week_start, k.team, k."user", k.model FROM {scope} k)'
+            ),
+            {**params, **in_weeks},
+        )
+
+
+def _events_in(
+    conn: Connection, chunk: Chunk, whole_range: bool
+) -> tuple[str, str, dict[str, Any]]:
+    """(joins, condition, parameters) of the chunk's events: its range, or its locked groups."""
+    if whole_range:
+        where, params = _range("e", chunk)
+        return "events e", where, params
+    scope, params = _scope(conn, chunk)
+    where, in_weeks = _week_range("e", chunk)
+    return f"{scope} k JOIN events e ON {_join_scope('e')}", where, {**params, **in_weeks}
+
+
+def rolled_up_tag_keys(conn: Connection) -> list[str]:
+    return [str(k) for k in conn.execute(sa.text("SELECT key FROM tag_keys ORDER BY key"))]
+
+
+def write_days(
+    conn: Connection, chunk: Chunk, now: datetime, whole_range: bool, tags: bool
+) -> None:
+    """Recompute the daily rows (and the rolled-up tags' rows) of the chunk's events, after
+    `delete_days`: one GROUP BY over the range's events, or over the locked groups'."""
+    joins, where, params = _events_in(conn, chunk, whole_range)
+    conn.execute(
+        _text(
+            f"INSERT INTO daily_usage ({DAILY_COLUMNS}) "
+            f"SELECT {_DAY_GROUP}, {DAILY_AGGREGATES} FROM {joins} WHERE {where} "
+            f"GROUP BY {_DAY_GROUP} ORDER BY {_DAY_GROUP}"
+        ),
+        {**params, "now": now},
+    )
+    if tags:
+        write_tags(conn, joins, where, params, now)
+
+
+def write_tags(
+    conn: Connection, joins: str, where: str, params: dict[str, Any], now: datetime
+) -> None:
+    """Tag rows of the rolled-up keys for the events of `joins` and `where` (`_events_in`).
+    Events without a key have no row for it: the day's totals minus its rows are theirs."""
+    if _is_pg(conn):
+        each = "CROSS JOIN LATERAL json_each_text(e.tags) AS j(key, value)"
+    else:
+        each = "JOIN json_each(e.tags) AS j"
+    conn.execute(
+        _text(
+            f"INSERT INTO daily_tag_usage ({_TAG_COLUMNS}) "
+            f'SELECT e.day, j.key, j.value, e.team, e."user", e.model, e.week_start, '
+            f"{AGGREGATES} FROM {joins} {each} JOIN tag_keys t ON t.key = j.key "
+            f"WHERE e.tags IS NOT NULL AND j.value IS NOT NULL AND {where} "
+            f'GROUP BY e.day, j.key, j.value, e.team, e."user", e.model, e.week_start'
+        ),
+        {**params, "now": now},
+    )
 
 
 def recompute_range(conn: Connection, chunk: Chunk, now: datetime, *, empty: bool) -> None:
-    """Recompute every group of the chunk's key range with one GROUP BY over that part of the
-    week: the cheap plan when most of the range is dirty (a first roll-up, the current week).
-    `empty`: the range has no roll-up rows yet (only the lease holder writes them), so a plain
-    INSERT does; PostgreSQL's ON CONFLICT costs a speculative insertion per row."""
-    where, params = _range("e", chunk)
+    """Recompute every weekly row of the chunk's key range from its days (written just before
+    by `write_days`): the cheap plan when most of the range is dirty (a first roll-up, the
+    current week). `empty`: the range has no roll-up rows yet (only the lease holder writes
+    them), so a plain INSERT does; PostgreSQL's ON CONFLICT costs a speculative insertion per
+    row."""
+    where, params = _range("d", chunk)
     conn.execute(
         _text(
             f"INSERT INTO weekly_usage ({COLUMNS}) "
-            f'SELECT e.week_start, e.team, e."user", e.model, {AGGREGATES} '
-            f"FROM events e WHERE {where} "
-            f'GROUP BY e.week_start, e.team, e."user", e.model {_IN_KEY_ORDER} '
+            f'SELECT d.week_start, d.team, d."user", d.model, {_WEEK_FROM_DAYS} '
+            f"FROM daily_usage d WHERE {where} "
+            f'GROUP BY d.week_start, d.team, d."user", d.model {_IN_KEY_ORDER} '
             f"{'' if empty else _UPSERT}"
         ),
         {**params, "now": now},
@@ -281,16 +383,17 @@ def recompute_range(conn: Connection, chunk: Chunk, now: datetime, *, empty: boo
 
 
 def recompute_groups(conn: Connection, chunk: Chunk, now: datetime) -> None:
-    """Recompute only the locked groups (few dirty groups in a large week)."""
+    """Recompute only the locked groups' weekly rows (few dirty groups in a large week)."""
     scope, params = _scope(conn, chunk)
-    where, in_weeks = _week_range("e", chunk)
+    where, in_weeks = _week_range("d", chunk)
+    match = " AND ".join(f'k."{c}" = d."{c}"' for c in _KEY)
     conn.execute(
         _text(
             f"INSERT INTO weekly_usage ({COLUMNS}) "
-            f'SELECT e.week_start, e.team, e."user", e.model, {AGGREGATES} '
-            f"FROM {scope} k JOIN events e ON {_join_scope('e')} "
+            f'SELECT d.week_start, d.team, d."user", d.model, {_WEEK_FROM_DAYS} '
+            f"FROM {scope} k JOIN daily_usage d ON {match} "
             f"WHERE {where} "
-            f'GROUP BY e.week_start, e.team, e."user", e.model {_IN_KEY_ORDER} {_UPSERT}'
+            f'GROUP BY d.week_start, d.team, d."user", d.model {_IN_KEY_ORDER} {_UPSERT}'
         ),
         {**params, **in_weeks, "now": now},
     )

@@ -1,4 +1,5 @@
-"""Routes for budgets: weekly limits with this week's spend, and a test delivery of the webhook."""
+"""Routes for budgets: limits of a day, week or month with the current period's spend, and a
+test delivery of the webhook."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def _one(conn: Connection, budget_id: int, db: Database) -> BudgetOut:
 
 @router.get("/budgets", response_model=BudgetList)
 def list_budgets(principal: ReadPrincipal, db: DbDep) -> BudgetList:
-    """Every budget with this week's spend; a team-scoped key sees its team's budgets only."""
+    """Every budget with its current period's spend; a team-scoped key sees its team's budgets
+    only."""
     with db.engine.connect() as conn:
         conn = conn.execution_options(readonly=True)
         budgets = repo.list_budgets(conn, team=principal.team)
@@ -101,7 +103,7 @@ def test_webhook(
         conn = conn.execution_options(readonly=True)
         budget = visible_budget(conn, budget_id, principal)
         now = clock(db)
-        spend = repo.spend_for(conn, now.week.start, [budget])[budget.id]
+        spend = repo.spend_now(conn, [budget], now.now, now.tz)[budget.id][1]
     # The send happens outside any transaction: a slow receiver holds no database lock.
     try:
         return service.test_delivery(budget, spend, settings, now)

@@ -145,6 +145,38 @@ def user_bill(
     )
 
 
+@router.get("/billing")
+def billing(
+    request: Request, db: DbDep, settings: SettingsDep, month: str | None = None
+) -> Response:
+    """Every user's bill for a month (default this month), with the API's CSV of it."""
+    viewer = current_viewer(request, db, settings)
+    if viewer is None:
+        return _to_home()
+    scope = viewer.principal.team
+    teams = views.visible_teams(db, scope)
+    try:
+        page = views.billing_page(db, month, scope)
+    except InvalidRequest as exc:
+        return _with_csrf(
+            request,
+            "message.html",
+            status_code=422,
+            heading="Bad month",
+            message=str(exc),
+            chrome=_chrome(viewer, teams, None),
+        )
+    return _with_csrf(
+        request,
+        "billing.html",
+        page=page,
+        csv_url=f"/v1/reports/billing?month={page.month}&format=csv",
+        csv_name=f"meter-billing-{page.month}.csv",
+        as_of=page.report.as_of,
+        chrome=_chrome(viewer, teams, scope),
+    )
+
+
 async def _form(request: Request) -> dict[str, str]:
     """An urlencoded form's fields (first value of each); anything else yields no fields."""
     if not request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):

@@ -1,4 +1,5 @@
-"""`GET /v1/usage/weekly`: roll-up totals by week and by team, user and model."""
+"""`GET /v1/usage` (by day, week or month, and a tag) and `GET /v1/usage/weekly`: roll-up
+totals by period and by team, user and model."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from meter.api.auth import ReadPrincipal, scoped_team
 from meter.api.deps import DbDep
 from meter.api.errors import invalid
 from meter.reports import weekly_usage
-from meter.reports.schemas import WeeklyUsage
+from meter.reports.period_service import usage
+from meter.reports.schemas import PeriodUsage, WeeklyUsage
 
 router = APIRouter(tags=["reports"])
 
@@ -56,6 +58,51 @@ def get_weekly_usage(
     try:
         return weekly_usage(
             db,
+            first=q.first,
+            last=q.to,
+            team=team,
+            user=q.user,
+            model=q.model,
+            group_by=q.group_by,
+        )
+    except InvalidRequest as exc:
+        raise query_error(exc) from None
+
+
+class UsageQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    period: str | None = Field(None, description="day, week or month (default day)")
+    first: str | None = Field(
+        None,
+        alias="from",
+        description="first period, a label of the period's kind: 2026-11-30, 2026-W49, 2026-11 "
+        "(default: 31 days, 12 weeks or 12 months before `to`)",
+    )
+    to: str | None = Field(None, description="last period, inclusive (default: the current one)")
+    team: str | None = None
+    user: str | None = None
+    model: str | None = None
+    group_by: str | None = Field(
+        None,
+        description="comma-separated subset of team,user,model (default: all three), plus at "
+        "most one tag:<key> of a rolled-up tag key",
+        examples=["team,tag:feature"],
+    )
+
+
+@router.get("/v1/usage", response_model=PeriodUsage)
+def get_usage(
+    db: DbDep, principal: ReadPrincipal, q: Annotated[UsageQuery, Query()]
+) -> PeriodUsage:
+    """Totals per local day, ISO week or calendar month (empty periods omitted), grouped by
+    `group_by`; a `tag:<key>` group adds `tags: {key: value}`, null for events without it, so
+    that tag rows sum to the totals. Money is exact, as decimal strings."""
+    team = scoped_team(principal, q.team)
+    try:
+        return usage(
+            db,
+            period=q.period,
             first=q.first,
             last=q.to,
             team=team,
