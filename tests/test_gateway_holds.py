@@ -42,20 +42,28 @@ def budget(db: Database, limit_units: int, **fields: Any) -> int:
         "thresholds": [],
     }
     doc.update(fields)
+    if "limit_usd" in doc:
+        del doc["weekly_limit_usd"]
     with db.engine.begin() as conn:
         return service.create_budget(
             conn, BudgetCreate(**doc), loopback_settings(), service.Clock(datetime.now(UTC), db.tz)
         )
 
 
-def claim(units: int = W, team: str = "search", event_id: uuid.UUID | None = None) -> Claim:
+def claim(
+    units: int = W,
+    team: str = "search",
+    event_id: uuid.UUID | None = None,
+    tags: dict[str, str] | None = None,
+    occurred_at: datetime | None = None,
+) -> Claim:
     return Claim(
         event_id=event_id or uuid7(),
         team=team,
         user="alice",
-        tags=None,
+        tags=tags,
         model=SEED_MODEL,
-        occurred_at=datetime.now(UTC),
+        occurred_at=occurred_at or datetime.now(UTC),
         worst_case_units=units,
     )
 
@@ -181,3 +189,35 @@ def test_concurrent_admissions_from_two_gates_fill_the_budget_exactly(
         g.close()
     for e in engines:
         next(e, None)
+
+
+def test_a_tag_budget_covers_only_calls_with_its_tag(db: Database) -> None:
+    from meter.tags.service import add_tag_key
+
+    add_tag_key(db, "project")
+    tag_budget = budget(db, 2 * W, scope="tag", subject="project=x")
+    gate = BudgetGate(db)
+    assert gate.covering("other", None, {"project": "y"}) == []
+    tagged = gate.covering("other", None, {"project": "x", "env": "prod"})
+    assert [b.id for b in tagged] == [tag_budget]
+    assert gate.admit(claim(team="other", tags={"project": "x"}), tagged) is None
+    assert gate.admit(claim(team="other", tags={"project": "y"}), tagged) is None  # not its tag
+    assert gate.admit(claim(team="other", tags={"project": "x"}), tagged) is None
+    refusal = gate.admit(claim(1, team="other", tags={"project": "x"}), tagged)
+    assert refusal is not None and refusal.reserved_usd == Decimal(2 * W) / 10**12
+    gate.close()
+
+
+def test_a_month_budget_counts_the_holds_of_every_day_of_its_month(db: Database) -> None:
+    month = budget(db, 2 * W, period="month", limit_usd=str(Decimal(2 * W) / 10**12))
+    week = budget(db, 5 * W)
+    gate = BudgetGate(db)
+    budgets = gate.covering("search", "alice")
+    assert sorted(b.id for b in budgets) == sorted([month, week])
+    now = datetime.now(UTC)
+    first_of_month = now.replace(day=1, hour=12, minute=0, second=0, microsecond=0)
+    assert gate.admit(claim(occurred_at=first_of_month), budgets) is None
+    assert gate.admit(claim(), budgets) is None
+    refusal = gate.admit(claim(1), budgets)
+    assert refusal is not None and refusal.budget_id == month
+    gate.close()

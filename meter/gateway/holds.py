@@ -42,6 +42,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from meter.budgets.repository import BudgetRow
+from meter.budgets.rules import budget_window
 from meter.db.session import Database
 from meter.gateway import repository as repo
 from meter.metrics import RESERVATION_EXCEEDED
@@ -100,14 +101,16 @@ class BudgetGate:
 
     # -- which budgets a call falls under ---------------------------------------------------
 
-    def covering(self, team: str | None, user: str | None) -> list[BudgetRow]:
+    def covering(
+        self, team: str | None, user: str | None, tags: dict[str, str] | None = None
+    ) -> list[BudgetRow]:
         """The enforced budgets covering a call, read now (a budget created a moment ago
         applies to the next call). Raises BudgetUnavailable when they cannot be read."""
         try:
             with self.db.engine.connect() as conn:
                 conn = conn.execution_options(readonly=True)
                 with conn.begin():
-                    return repo.covering_budgets(conn, team, user)
+                    return repo.covering_budgets(conn, team, user, tags)
         except Exception as exc:
             raise BudgetUnavailable(str(exc)) from exc
 
@@ -118,11 +121,12 @@ class BudgetGate:
         Refusal (nothing reserved) when one of them has no room."""
         now = datetime.now(UTC)
         week = week_of(claim.occurred_at, self.db.tz)
+        windows = [budget_window(b, claim.occurred_at, self.db.tz) for b in budgets]
         day = claim.occurred_at.astimezone(self.db.tz).date()
         try:
             with self.db.engine.begin() as conn:
                 repo.lock_budgets(conn, [b.id for b in budgets])
-                for state in repo.budget_states(conn, budgets, week.start, now):
+                for state in repo.budget_states(conn, budgets, windows, now):
                     total = state.spend_units + state.reserved_units + claim.worst_case_units
                     if state.enforce and total > state.limit_units:
                         raise _Refused(

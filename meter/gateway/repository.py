@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,6 +20,7 @@ from meter.budgets.repository import (
     scope_condition,
 )
 from meter.db import models
+from meter.periods import Window
 
 H = models.GatewayHold
 B = models.Budget
@@ -49,15 +50,20 @@ _COVERING = (
             B.scope == "global",
             sa.and_(B.scope == "team", B.subject == sa.bindparam("team")),
             sa.and_(B.scope == "user", B.subject == sa.bindparam("user")),
+            sa.and_(B.scope == "tag", B.subject.in_(sa.bindparam("tags", expanding=True))),
         ),
     )
     .order_by(B.id)
 )
 
 
-def covering_budgets(conn: Connection, team: str | None, user: str | None) -> list[BudgetRow]:
-    """The enforced budgets that cover a call of `team` and `user`."""
-    return [_budget(r) for r in conn.execute(_COVERING, {"team": team, "user": user})]
+def covering_budgets(
+    conn: Connection, team: str | None, user: str | None, tags: dict[str, str] | None = None
+) -> list[BudgetRow]:
+    """The enforced budgets that cover a call of `team`, `user` and `tags`."""
+    subjects = [f"{k}={v}" for k, v in (tags or {}).items()]
+    params = {"team": team, "user": user, "tags": subjects}
+    return [_budget(r) for r in conn.execute(_COVERING, params)]
 
 
 def lock_budgets(conn: Connection, ids: Sequence[int]) -> None:
@@ -71,27 +77,34 @@ def lock_budgets(conn: Connection, ids: Sequence[int]) -> None:
     ).all()
 
 
-def _hold_sum(states: tuple[str, ...], week_start: date, now: datetime, where: Any) -> Any:
+def _hold_sum(states: tuple[str, ...], window: Window, now: datetime, where: Any) -> Any:
     query = sa.select(sa.func.coalesce(sa.func.sum(H.amount_units), 0)).where(
-        H.week_start == week_start, H.state.in_(states), where
+        H.day >= window.start, H.day < window.end, H.state.in_(states), where
     )
     if OPEN in states:
         query = query.where(sa.or_(H.expires_at.is_(None), H.expires_at > now))
     return query.scalar_subquery()
 
 
+def _in_holds(budget: BudgetRow) -> Any:
+    tag = budget.tag
+    if tag is not None:
+        return H.tags[tag[0]].as_string() == tag[1]
+    return scope_condition(budget.scope, budget.subject, H.team, H.user)
+
+
 def budget_states(
-    conn: Connection, budgets: Sequence[BudgetRow], week_start: date, now: datetime
+    conn: Connection, budgets: Sequence[BudgetRow], windows: Sequence[Window], now: datetime
 ) -> list[BudgetState]:
-    """Every budget's spend and open reservations in ONE statement: one snapshot, so a roll-up
-    committing meanwhile (moving a settled call's cost from its hold to weekly_usage) is seen
-    wholly or not at all, never counted twice or missed."""
+    """Every budget's spend and open reservations in its window (its day, week or month), in
+    ONE statement: one snapshot, so a roll-up committing meanwhile (moving a settled call's
+    cost from its hold to the roll-up) is seen wholly or not at all, never twice or missed."""
     columns: list[Any] = [B.id, B.weekly_limit_units, B.enforce]
-    for b in budgets:
-        columns += rollup_spend_subqueries(b, week_start)
-        in_holds = scope_condition(b.scope, b.subject, H.team, H.user)
-        columns.append(_hold_sum((SETTLED,), week_start, now, in_holds))
-        columns.append(_hold_sum((OPEN, HELD), week_start, now, in_holds))
+    for b, window in zip(budgets, windows, strict=True):
+        columns += rollup_spend_subqueries(b, window)
+        in_holds = _in_holds(b)
+        columns.append(_hold_sum((SETTLED,), window, now, in_holds))
+        columns.append(_hold_sum((OPEN, HELD), window, now, in_holds))
     ids = [b.id for b in budgets]
     rows = conn.execute(sa.select(*columns).where(B.id.in_(ids)).order_by(B.id)).all()
     by_id = {r[0]: r for r in rows}

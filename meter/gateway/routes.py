@@ -173,26 +173,29 @@ async def _completions(request: Request, kind: str, path: str) -> Response:
     occurred_at = datetime.now(UTC)
     req: GatewayRequest | None = None
     invalid: InvalidRequest | None = None
+    header_tags: dict[str, str] | InvalidRequest | None
     try:
         req = parse_request(kind, raw, lambda model: gateway.meter.price_at(model, occurred_at))
     except InvalidRequest as exc:
         invalid = exc
+    try:
+        header_tags = parse_tags_header(request.headers.get(TAGS_HEADER))
+    except InvalidRequest as exc:
+        header_tags = exc
     # One trip to a worker thread for the database: the key, then the budgets covering the
     # call (a bad key is a 401 before a bad body is a 400).
-    admission = await anyio.to_thread.run_sync(_admission, request, gateway, req)
+    admission = await anyio.to_thread.run_sync(_admission, request, gateway, req, header_tags)
     if isinstance(admission, Response):
         return admission
-    principal, budgets = admission
+    principal, tags, budgets = admission
     if settings.openrouter_api_key is None:
         return _upstream_key_missing()
-    try:
-        if invalid is not None:
-            raise invalid
-        assert req is not None
-        tags = principal.tags or parse_tags_header(request.headers.get(TAGS_HEADER))
-    except InvalidRequest as exc:
+    if invalid is None and isinstance(tags, InvalidRequest):
+        invalid = tags
+    if invalid is not None or req is None or isinstance(tags, InvalidRequest):
+        assert invalid is not None
         GATEWAY_CALLS.labels("invalid").inc()
-        return openai_error(400, str(exc), type="invalid_request_error", param=exc.param)
+        return openai_error(400, str(invalid), type="invalid_request_error", param=invalid.param)
     call = Call(
         gateway.meter,
         req.model,
@@ -219,20 +222,27 @@ async def _completions(request: Request, kind: str, path: str) -> Response:
     return await forward_plain(gateway.http(), outgoing, recording)
 
 
+Tags = dict[str, str] | InvalidRequest | None
+
+
 def _admission(
-    request: Request, gateway: Gateway, req: GatewayRequest | None
-) -> Response | tuple[Principal, list[BudgetRow] | BudgetUnavailable]:
-    """(in a worker thread) The caller's key, then the enforced budgets covering the call."""
+    request: Request, gateway: Gateway, req: GatewayRequest | None, header_tags: Tags
+) -> Response | tuple[Principal, Tags, list[BudgetRow] | BudgetUnavailable]:
+    """(in a worker thread) The caller's key, then the enforced budgets covering the call.
+    Tags: the key's, else the X-Meter-Tags header's (a bad header matters only then)."""
     principal = _authenticate(request, gateway)
-    if isinstance(principal, Response) or req is None:
-        return principal if isinstance(principal, Response) else (principal, [])
+    if isinstance(principal, Response):
+        return principal
+    tags = principal.tags or header_tags
+    if req is None or isinstance(tags, InvalidRequest):
+        return principal, tags, []
     try:
         budgets: list[BudgetRow] | BudgetUnavailable = gateway.gate.covering(
-            principal.team, principal.user or req.body_user
+            principal.team, principal.user or req.body_user, tags
         )
     except BudgetUnavailable as exc:
         budgets = exc
-    return principal, budgets
+    return principal, tags, budgets
 
 
 async def _reserve(
