@@ -458,3 +458,75 @@ def test_json_numbers_in_a_catalogue_are_read_exactly(
     r = run("--model", "acme/n", "--format", "json")
     assert r.exit_code == 1, r.output
     assert json.loads(r.stdout)["new"][0]["input_per_million_usd"] == "0.123456"
+
+
+# -- the parser, pure -------------------------------------------------------------------------
+
+
+def test_the_parser_is_exact_and_says_why_it_skips() -> None:
+    from meter.pricing import parse_openrouter_catalogue
+
+    free = {"prompt": "0", "completion": "0"}
+    doc = {
+        "data": [
+            {"id": "a/exp", "pricing": {"prompt": "1E-7", "completion": "2.5e-6"}},
+            {"id": "a/float", "pricing": {"prompt": 1e-7, "completion": "0"}},  # through a float
+            {"id": "a/neg", "pricing": {"prompt": "-2", "completion": "0"}},
+            {"id": "a/one-variable", "pricing": {"prompt": "0.000001", "completion": "-1"}},
+            {"id": "a/ctx", "context_length": "lots", "pricing": free},
+            {"id": "a/twice", "pricing": {"prompt": "0", "completion": "0"}},
+            {"id": "a/twice", "pricing": {"prompt": "0.000001", "completion": "0"}},
+            {"id": "a/empty-overrides", "pricing": {**free, "overrides": []}},
+            "not an object",
+        ]
+    }  # fmt: skip
+    got = {e.model: e for e in parse_openrouter_catalogue(doc)}
+    assert (got["a/exp"].input_units, got["a/exp"].output_units) == (100_000, 2_500_000)
+    assert got["a/float"].problem == "malformed" and "not a float" in (got["a/float"].skipped or "")
+    assert got["a/neg"].problem == "malformed"
+    assert got["a/one-variable"].problem == "variable"
+    assert got["a/ctx"].problem == "malformed"
+    assert got["a/twice"].skipped == "listed more than once"
+    assert got["a/empty-overrides"].skipped is None
+    assert got["data[8]"].skipped == "no model id"
+
+
+# -- the scheduled check ----------------------------------------------------------------------
+
+
+def test_the_scheduled_check_logs_the_difference_and_never_applies(
+    book: Database,
+    upstream: tuple[MockUpstream, str],
+    mock: MockUpstream,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from meter.price_sync.tasks import PRICE_CHECK_JOB_ID, add_price_check, check_prices
+
+    before = prices_stored(book)
+    settings = get_settings(upstream_base_url=upstream[1])
+    with caplog.at_level("INFO", logger="meter.prices"):
+        diff = check_prices(book, settings)
+    assert diff is not None and len(diff.new) == 2 and len(diff.changed) == 1
+    assert "price check: 2 new, 1 changed" in caplog.text and "--apply" in caplog.text
+    assert prices_stored(book) == before
+    mock.catalogue = {"nope": True}
+    assert check_prices(book, settings) is None  # logged, not raised
+
+    scheduler = BackgroundScheduler()
+    add_price_check(scheduler, book, settings)  # off by default
+    assert scheduler.get_job(PRICE_CHECK_JOB_ID) is None
+    add_price_check(
+        scheduler,
+        book,
+        get_settings(upstream_base_url=upstream[1], price_sync_interval_seconds=3600),
+    )
+    assert scheduler.get_job(PRICE_CHECK_JOB_ID) is not None
+
+
+def test_mock_upstream_catalogue_option_refuses_what_is_not_a_catalogue(tmp_path: Any) -> None:
+    path = tmp_path / "models.json"
+    path.write_text('{"models": []}')
+    r = CliRunner().invoke(cli, ["mock-upstream", "--catalogue", str(path)])
+    assert r.exit_code == 2 and "must hold an object with a `data` list" in r.output
