@@ -107,8 +107,9 @@ class PriceCache:
                 self._reload_due = began + REFRESH_S
             if ok:
                 self._confirmed = began
-            elif not self._loaded.is_set():
-                # Never loaded: keep the seed book, and try again sooner than a refresh.
+            elif self._version is not None or not self._loaded.is_set():
+                # A down database is not asked every CHECK_S; never loaded (the seed book in
+                # use), the book is tried again sooner than a refresh.
                 self._next_refresh = time.monotonic() + RETRY_S
         # Loaded or failed, the callers waiting stop waiting either way.
         self._loaded.set()
