@@ -5,6 +5,7 @@ MeterError
 ├── InvalidRequest       (also a ValueError) a parameter out of range; nothing was sent
 ├── InvalidPrice         (also a ValueError) a price meter cannot represent exactly
 ├── UpstreamError        the LLM endpoint answered an error (.status_code, .body)
+│   └── CatalogueUnavailable  its models list could not be read (price sync)
 ├── BudgetExceeded       an enforced budget is at or over its limit; nothing was sent
 └── StoreUnavailable     the database or meter server could not be reached
 """
@@ -45,6 +46,10 @@ class UpstreamError(MeterError):
         super().__init__(message)
         self.status_code = status_code
         self.body = body
+
+
+class CatalogueUnavailable(UpstreamError):
+    """`GET {upstream}/models` failed, or did not answer a catalogue: nothing was compared."""
 
 
 class BudgetExceeded(MeterError):

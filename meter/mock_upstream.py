@@ -27,6 +27,9 @@ environment variable `METER_MOCK_BEHAVIOR` / `meter mock-upstream --behavior`), 
   not_utf8            a byte that is not UTF-8 inside the text
   truncated           a non-streaming body cut in the middle of its JSON
 
+`GET /models` (and `/v1/models`) answers `MockUpstream.catalogue`, OpenRouter's models list
+(`--catalogue FILE` for `meter mock-upstream`); by default one entry, the seed model at its price.
+
 `NAME:N` misbehaves only on the first N identical requests (same behaviour and body), then
 answers normally: what a retry test needs. `X-Mock-Cached-Tokens` / `X-Mock-Reasoning-Tokens`
 set those usage details. Every request seen is kept (`MockUpstream.requests`,
@@ -252,12 +255,18 @@ MODELS_ENTRY: dict[str, Any] = {
 }
 
 
+def default_catalogue() -> dict[str, Any]:
+    return {"data": [dict(MODELS_ENTRY)]}
+
+
 @dataclass
 class MockUpstream:
-    """The mock's state and its ASGI app. `default_behavior` applies when a request names none."""
+    """The mock's state and its ASGI app. `default_behavior` applies when a request names none;
+    `catalogue` is what `GET /models` answers (tests may replace it at any time)."""
 
     default_behavior: str | None = None
     generation_delay: float | None = None  # seconds a generation stays 404 after it was served
+    catalogue: dict[str, Any] = field(default_factory=default_catalogue)
     requests: list[SeenRequest] = field(default_factory=list)
     generations: OrderedDict[str, ServedGeneration] = field(default_factory=OrderedDict)
     _attempts: dict[str, int] = field(default_factory=dict)
@@ -281,7 +290,7 @@ class MockUpstream:
         """The catalogue, in OpenRouter's shape (prices per token, as strings)."""
         with self._lock:
             self.requests.append(SeenRequest(request.url.path, dict(request.headers), None))
-        return JSONResponse({"data": [MODELS_ENTRY]})
+        return JSONResponse(self.catalogue)
 
     # -- what a test inspects --------------------------------------------------------------
     def reset(self) -> None:
@@ -538,10 +547,13 @@ def serve(
     port: int = 8001,
     behavior: str | None = None,
     generation_delay: float | None = None,
+    catalogue: dict[str, Any] | None = None,
 ) -> None:
     """Run in the foreground until interrupted (`meter mock-upstream`)."""
     _quiet_cuts()
     mock = MockUpstream(behavior, generation_delay)
+    if catalogue is not None:
+        mock.catalogue = catalogue
     sock = _listen(host, port)
     config = uvicorn.Config(mock.app, log_level="warning", lifespan="off")
     try:

@@ -11,6 +11,8 @@ from typing import Any
 
 from meter._exceptions import InvalidPrice
 from meter.money import (
+    UNIT_EXPONENT,
+    format_decimal,
     per_million_to_units_per_token,
     per_token_to_units_per_token,
     to_decimal,
@@ -123,56 +125,136 @@ class PriceBook:
             yield from versions
 
 
+# Why an entry of the catalogue gets no price in meter (CatalogueEntry.problem).
+VARIABLE = "variable"  # "-1": the price depends on the request; the model stays unpriced
+CONDITIONAL = "conditional"  # `overrides`: prices that apply only under conditions
+TOO_FINE = "too_fine"  # finer than 1e-12 USD a token: not stored, never rounded
+MALFORMED = "malformed"  # not a catalogue entry meter can read
+
+MAX_MODEL_LENGTH = 200  # the price book's column
+
+# The components of `pricing` that meter prices: USD per prompt and per completion token.
+PRICED_COMPONENTS = ("prompt", "completion")
+# Keys of `pricing` that are not charges.
+NOT_PRICES = frozenset({"overrides", "discount", "currency"})
+
+
 @dataclass(frozen=True)
 class CatalogueEntry:
-    """One model of OpenRouter's models list, as meter will store it (or why it cannot)."""
+    """One model of OpenRouter's models list, as meter will store it (or why it cannot).
+
+    `unpriced` lists the other components the provider charges for (`request`, `web_search`,
+    `image`, `input_cache_read`...) with their listed price, in the provider's own unit:
+    meter does not add them to a cost.
+    """
 
     model: str
     input_units: int | None
     output_units: int | None
     context_length: int | None
     skipped: str | None = None
+    problem: str | None = None
+    unpriced: tuple[tuple[str, str], ...] = ()
+
+
+def _skip(
+    model: str, problem: str, reason: str, context_length: int | None = None
+) -> CatalogueEntry:
+    return CatalogueEntry(model, None, None, context_length, reason, problem)
+
+
+def _catalogue_price(value: object, field: str) -> Decimal:
+    """A listed price: a decimal string (exponents allowed) or an exact number, never a float."""
+    if value is None:
+        raise InvalidPrice(f"{field}: missing", field)
+    d = to_decimal(value, field)
+    if d < 0 and d != -1:
+        raise InvalidPrice(f"{field}: a price cannot be negative ({value})", field)
+    return d
+
+
+def _unpriced_components(pricing: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The charged components meter does not price, with their listed price as plain text.
+
+    Only reported, so a value meter cannot read is shown as given rather than failing the entry.
+    """
+    out = []
+    for name, value in pricing.items():
+        if name in PRICED_COMPONENTS or name in NOT_PRICES or value is None:
+            continue
+        try:
+            d = to_decimal(value, str(name))
+        except InvalidPrice:
+            out.append((str(name), str(value)[:40]))
+            continue
+        if d != 0:
+            out.append((str(name), format_decimal(d)))
+    return tuple(sorted(out))
+
+
+def parse_catalogue_entry(item: object, index: int) -> CatalogueEntry:
+    """One entry of `data`: priced, or skipped with the reason (never rounded, never guessed)."""
+    model = item.get("id") if isinstance(item, Mapping) else None
+    if not isinstance(item, Mapping) or not isinstance(model, str) or not model.strip():
+        return _skip(f"data[{index}]", MALFORMED, "no model id")
+    if len(model) > MAX_MODEL_LENGTH or "\x00" in model:
+        return _skip(f"data[{index}]", MALFORMED, "model id too long or not text")
+    ctx = item.get("context_length")
+    if ctx is None:
+        context_length = None
+    elif isinstance(ctx, int) and not isinstance(ctx, bool) and 0 < ctx < 2**31:
+        context_length = ctx
+    else:
+        return _skip(model, MALFORMED, f"context_length: {ctx!r} is not a positive integer")
+    pricing = item.get("pricing")
+    if not isinstance(pricing, Mapping):
+        return _skip(model, MALFORMED, "no pricing object", context_length)
+    try:
+        prompt = _catalogue_price(pricing.get("prompt"), "pricing.prompt")
+        completion = _catalogue_price(pricing.get("completion"), "pricing.completion")
+    except InvalidPrice as exc:
+        return _skip(model, MALFORMED, str(exc), context_length)
+    unpriced = _unpriced_components(pricing)
+    if prompt == -1 or completion == -1:
+        return _skip(model, VARIABLE, "variable price (-1): kept unpriced", context_length)
+    overrides = pricing.get("overrides", item.get("overrides"))
+    if overrides:
+        return _skip(
+            model, CONDITIONAL, "conditional prices (overrides): not applied", context_length
+        )
+    for field_name, d in (("pricing.prompt", prompt), ("pricing.completion", completion)):
+        if d.scaleb(-UNIT_EXPONENT) != d.scaleb(-UNIT_EXPONENT).to_integral_value():
+            return _skip(
+                model,
+                TOO_FINE,
+                f"{field_name}: {format_decimal(d)} USD a token is finer than 1e-12 USD",
+                context_length,
+            )
+    try:
+        input_units = per_token_to_units_per_token(prompt, "pricing.prompt")
+        output_units = per_token_to_units_per_token(completion, "pricing.completion")
+    except InvalidPrice as exc:  # too large to store
+        return _skip(model, MALFORMED, str(exc), context_length)
+    return CatalogueEntry(model, input_units, output_units, context_length, unpriced=unpriced)
 
 
 def parse_openrouter_catalogue(doc: Mapping[str, Any]) -> list[CatalogueEntry]:
     """Read OpenRouter's `GET /models` JSON: prices are USD-per-token strings.
 
     `"-1"` means variable pricing: kept unpriced (skipped with that reason). `"0"` is free.
-    Entries meter cannot represent exactly are returned with `skipped` set, never rounded.
+    Entries meter cannot represent exactly are returned with `skipped` set, never rounded; a
+    model listed twice is skipped both times (which price would be the truth?).
     """
     data = doc.get("data")
     if not isinstance(data, list):
         raise InvalidPrice("catalogue: expected an object with a `data` list", "data")
-    entries: list[CatalogueEntry] = []
-    for i, item in enumerate(data):
-        model = item.get("id") if isinstance(item, Mapping) else None
-        if not isinstance(model, str) or not model:
-            entries.append(CatalogueEntry(f"data[{i}]", None, None, None, "no model id"))
-            continue
-        pricing = item.get("pricing")
-        if not isinstance(pricing, Mapping):
-            entries.append(CatalogueEntry(model, None, None, None, "no pricing"))
-            continue
-        ctx = item.get("context_length")
-        context_length = (
-            ctx if isinstance(ctx, int) and not isinstance(ctx, bool) and ctx > 0 else None
-        )
-        try:
-            prompt = to_decimal(pricing.get("prompt"), "pricing.prompt")
-            completion = to_decimal(pricing.get("completion"), "pricing.completion")
-            if prompt == -1 or completion == -1:
-                entries.append(
-                    CatalogueEntry(model, None, None, context_length, "variable price (-1)")
-                )
-                continue
-            entries.append(
-                CatalogueEntry(
-                    model,
-                    per_token_to_units_per_token(prompt, "pricing.prompt"),
-                    per_token_to_units_per_token(completion, "pricing.completion"),
-                    context_length,
-                )
-            )
-        except InvalidPrice as exc:
-            entries.append(CatalogueEntry(model, None, None, context_length, str(exc)))
-    return entries
+    entries = [parse_catalogue_entry(item, i) for i, item in enumerate(data)]
+    counts: dict[str, int] = {}
+    for entry in entries:
+        counts[entry.model] = counts.get(entry.model, 0) + 1
+    return [
+        _skip(e.model, MALFORMED, "listed more than once", e.context_length)
+        if counts[e.model] > 1 and e.problem != MALFORMED
+        else e
+        for e in entries
+    ]

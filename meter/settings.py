@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     gateway_fail_open: bool = False  # admit calls when the budget state cannot be read
     gateway_timeout_seconds: float = Field(default=600.0, gt=0)  # LLM calls are slow
     gateway_max_connections: int = Field(default=1000, gt=0)  # upstream pool: streams at once
+    # Price sync (SPEC section 9): `meter serve` logs the difference this often; None: never.
+    price_sync_interval_seconds: float | None = Field(default=None, gt=0)
     webhook_allow_private: bool = False
     webhook_allow_hosts: str | None = None
     # Generation lookups (meter.reconcile): the window after an estimated event in which its

@@ -2,7 +2,8 @@
 
 Positive and negative cases for each operation, bounded (METER_FUZZ_EXAMPLES per operation,
 mode and backend), derandomized so that a failure reproduces. Webhook URLs it invents are never
-contacted outside loopback: conftest sets METER_WEBHOOK_ALLOW_HOSTS for the whole session.
+contacted outside loopback: conftest sets METER_WEBHOOK_ALLOW_HOSTS for the whole session; the
+upstream (price sync) is a local mock.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from schemathesis.checks import not_a_server_error
 
 from meter.api.app import create_app
 from meter.db.session import Database
+from meter.mock_upstream import running
 from meter.settings import Settings
 
 ADMIN = "schemathesis-admin-key-0123456789"
@@ -26,7 +28,14 @@ MAX_EXAMPLES = int(os.environ.get("METER_FUZZ_EXAMPLES", "20"))
 
 def test_no_operation_answers_a_5xx(db: Database) -> None:
     assert os.environ["METER_WEBHOOK_ALLOW_HOSTS"] == "127.0.0.1,localhost"
-    app = create_app(Settings(admin_key=SecretStr(ADMIN)), db, scheduler=False)
+    # The price sync reads the upstream's models list: a local one, never the network.
+    with running() as (_, upstream_url):
+        fuzz_every_operation(db, upstream_url)
+
+
+def fuzz_every_operation(db: Database, upstream_url: str) -> None:
+    settings_ = Settings(admin_key=SecretStr(ADMIN), upstream_base_url=upstream_url)
+    app = create_app(settings_, db, scheduler=False)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     auth = {"Authorization": f"Bearer {ADMIN}"}
     operations = [result.ok() for result in schema.get_all_operations()]

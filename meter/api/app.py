@@ -20,6 +20,7 @@ from meter.api.routes import (
     health,
     keys,
     metrics,
+    price_sync,
     prices,
     reports,
     rollup,
@@ -30,6 +31,7 @@ from meter.api.routes import (
 from meter.budgets.delivery import DeliveryWorker
 from meter.db.session import Database
 from meter.gateway import routes as gateway
+from meter.price_sync.tasks import add_price_check
 from meter.reconcile.scheduler import add_lookup_job
 from meter.rollup.scheduler import build_scheduler, start_scheduler, stop_scheduler
 from meter.settings import Settings
@@ -84,6 +86,7 @@ def create_app(
     app.state.run_scheduler = scheduler
     app.state.scheduler = build_scheduler(db, settings.rollup_interval_seconds)
     add_lookup_job(app.state.scheduler, db, settings)  # only with OPENROUTER_API_KEY
+    add_price_check(app.state.scheduler, db, settings)  # when METER_PRICE_SYNC_INTERVAL_SECONDS
 
     install_error_handlers(app)
     # Added last, so it runs first: gateway calls skip the API's layers (meter.gateway.routes).
@@ -96,6 +99,7 @@ def create_app(
         reports,
         teams,
         prices,
+        price_sync,
         keys,
         rollup,
         budgets,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
 
 from meter.cli._app import app, console, fail
@@ -29,7 +32,9 @@ _HELP = (
     "GET /v1/generation?id=GEN answers like OpenRouter's generation lookup for every completion "
     "it served (id = the response id; streams the client aborted count in full): 404 for "
     "--generation-delay seconds after it was served, then its native token counts and "
-    "total_cost (the same as its usage.cost); unknown ids stay 404."
+    "total_cost (the same as its usage.cost); unknown ids stay 404.\n\n"
+    "--catalogue FILE replaces the models list GET /v1/models and /models answer (a JSON "
+    "object with a `data` list, e.g. to try `meter prices sync`)."
 )
 
 
@@ -47,7 +52,11 @@ def mock_upstream(
         help="Seconds a generation answers 404 after it was served (default 0), as "
         "OpenRouter's lookups do.",
     ),
+    catalogue_file: Path | None = typer.Option(
+        None, "--catalogue", help="JSON answered by GET /models (default: the seed model)."
+    ),
 ) -> None:
+    catalogue = _read_catalogue(catalogue_file) if catalogue_file else None
     if behavior:
         unknown = [
             b.partition(":")[0]
@@ -62,4 +71,16 @@ def mock_upstream(
         + ")",
         highlight=False,
     )
-    serve(host, port, behavior, generation_delay)
+    serve(host, port, behavior, generation_delay, catalogue)
+
+
+def _read_catalogue(path: Path) -> dict[str, object]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise fail(f"--catalogue: cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise fail(f"--catalogue: {path} is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+        raise fail(f"--catalogue: {path} must hold an object with a `data` list")
+    return doc

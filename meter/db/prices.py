@@ -13,9 +13,30 @@ from meter.db.ledger import load_price_book, mark_dirty
 from meter.pricing import Price
 from meter.weeks import Week
 
+# pg_advisory_xact_lock key of writers that compare with the book before they add to it.
+PRICE_BOOK_LOCK_ID = 0x6D657465_72707273  # "meterprs"
+
 
 class PriceExists(Exception):
     """A price for that (model, effective_from) is already in the book."""
+
+
+def lock_price_book(conn: Connection) -> None:
+    """Serialise writers that read the book then add to it, until the transaction ends.
+
+    SQLite needs nothing: every write transaction there is a `BEGIN IMMEDIATE`.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": PRICE_BOOK_LOCK_ID})
+
+
+def price_book_version(conn: Connection) -> tuple[int, int]:
+    """Changes whenever a price is added (prices are never edited or deleted): the number of
+    versions and the highest id. The count catches a lower id committed after a higher one."""
+    row = conn.execute(
+        sa.select(sa.func.count(), sa.func.coalesce(sa.func.max(models.Price.id), 0))
+    ).one()
+    return int(row[0]), int(row[1])
 
 
 def list_prices(conn: Connection, model: str | None = None) -> list[Price]:

@@ -145,10 +145,15 @@ class Recorder:
             max_bytes=settings.spool_max_bytes,
             segment_bytes=segment_bytes,
         )
-        self._store: Store = (
-            HttpStore(self.api_url, api_key) if self.api_url else DatabaseStore(settings)
-        )
-        self._prices = PriceCache(self._store.load_prices)
+        self._store: Store
+        if self.api_url:
+            self._store = HttpStore(self.api_url, api_key)
+            self._prices = PriceCache(self._store.load_prices)
+        else:
+            # A database store reads the book's version cheaply: new prices are seen in seconds.
+            store = DatabaseStore(settings)
+            self._store = store
+            self._prices = PriceCache(store.load_prices, store.prices_version)
         self._drain = Drainer(self._writer, self._store)
         lifecycle.register(self)
         # A Meter dropped without close() (say, a client's default one) must not leave its

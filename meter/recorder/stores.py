@@ -90,6 +90,7 @@ class DatabaseStore:
         self._lookup_window = timedelta(seconds=settings.lookup_window_seconds)
         self._lock = threading.Lock()
         self._db: Database | None = None
+        self._closed = False
         self._not_before = 0.0
         self._last_problem = ""
         self._warn = _Warner()
@@ -124,6 +125,8 @@ class DatabaseStore:
         with self._lock:
             if self._db is not None:
                 return self._db
+            if self._closed:  # a background thread finishing late must not reopen it
+                raise StoreUnavailable("the Meter is closed")
             if time.monotonic() < self._not_before:
                 raise StoreUnavailable(self._last_problem)
             try:
@@ -205,8 +208,22 @@ class DatabaseStore:
         except Exception:
             return None
 
+    def prices_version(self) -> tuple[int, int] | None:
+        """The price book's version (changes whenever a price is added); None if unreadable."""
+        from meter.db.prices import price_book_version
+
+        db = self.database()
+        if db is None:
+            return None
+        try:
+            with db.engine.connect() as raw_conn:
+                return price_book_version(raw_conn.execution_options(readonly=True))
+        except Exception:
+            return None
+
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._db is not None:
                 self._db.dispose()
                 self._db = None
