@@ -277,6 +277,8 @@ class ApiKey(Base):
     # A gateway key may be bound to one user and to fixed tags (SPEC section 7).
     user: Mapped[str | None] = mapped_column(sa.String(200))
     tags: Mapped[dict[str, str] | None]
+    expires_at: Mapped[datetime | None]  # None: never; an expired key is refused (401)
+    last_used_at: Mapped[datetime | None]  # written at most once a minute (meter.keys)
 
 
 class Budget(Base):
@@ -353,6 +355,23 @@ class GatewayHold(Base):
     reserved_units: Mapped[int] = mapped_column(BigInt)
     expires_at: Mapped[datetime | None]  # open holds only
     created_at: Mapped[datetime]
+
+
+class AuditEntry(Base):
+    """One change made with an admin key, the CLI or the scheduler (meter.audit). Append-only:
+    nothing in meter updates or deletes a row."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (sa.Index("ix_audit_log_action_id", "action", "id"),)
+
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(sa.String(250))  # key:<id>[:<name>], admin-env, cli, ...
+    action: Mapped[str] = mapped_column(sa.String(64))  # dotted: key.create, price.reprice.start
+    target: Mapped[str | None] = mapped_column(sa.String(300))  # key:3, budget:7, a model id
+    details: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON())
 
 
 class GenerationLookup(Base):
