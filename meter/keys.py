@@ -4,6 +4,11 @@
 team and may be bound to one user and to fixed tags, which attribute every call made with them.
 This module is the keys' domain (no HTTP): the API's auth (meter.api.auth) and the dashboard's
 sessions (meter.dashboard.session) both build on it.
+
+A key may expire (`expires_at`): from then on it is refused like an unknown key, its dashboard
+sessions included. `last_used_at` is written at most once a minute per key: the lookup that
+authenticates a request already reads it, and only when it is a minute old does that same
+connection write it, with a conditional UPDATE that another process's write makes a no-op.
 """
 
 from __future__ import annotations
@@ -11,9 +16,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import secrets
+import weakref
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,6 +31,9 @@ from meter.settings import Settings
 
 ROLES = ("admin", "ingest", "read", "gateway")
 KEY_PREFIX = "mtr_"
+LAST_USED_INTERVAL = timedelta(seconds=60)  # last_used_at is written at most this often
+
+log = logging.getLogger("meter.keys")
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,8 @@ class Principal:
     key_id: int | None = None
     user: str | None = None  # gateway keys: the user every call is attributed to
     tags: dict[str, str] | None = field(default=None, hash=False)  # gateway keys: fixed tags
+    name: str | None = None  # the key's name, for the audit log's actor
+    open_mode: bool = False  # no key exists: loopback only, without auth (see meter serve)
 
     def can(self, needed: str) -> bool:
         """A gateway key may call the gateway's routes only; admin may call all the others."""
@@ -71,11 +83,14 @@ def create_key(
     *,
     user: str | None = None,
     tags: dict[str, str] | None = None,
+    expires_at: datetime | None = None,
 ) -> tuple[int, str, datetime]:
     """Store a new key's hash; return (id, the key itself, created_at). The key is not kept."""
     check_key_fields(role, team, user, tags)
     key = new_key()
     now = datetime.now(UTC)
+    if expires_at is not None and expires_at <= now:
+        raise ValueError("expires_at: must be in the future")
     key_id = conn.execute(
         sa.insert(models.ApiKey)
         .values(
@@ -87,6 +102,7 @@ def create_key(
             user=user or None,
             tags=tags or None,
             created_at=now,
+            expires_at=expires_at,
         )
         .returning(models.ApiKey.id)
     ).scalar_one()
@@ -109,7 +125,12 @@ def _tags(value: Any) -> dict[str, str] | None:
 
 def principal_of_row(row: Any) -> Principal:
     return Principal(
-        role=row.role, team=row.team, key_id=row.id, user=row.user, tags=_tags(row.tags)
+        role=row.role,
+        team=row.team,
+        key_id=row.id,
+        user=row.user,
+        tags=_tags(row.tags),
+        name=row.name,
     )
 
 
@@ -120,21 +141,66 @@ KEY_COLUMNS = (
     models.ApiKey.user,
     models.ApiKey.tags,
     models.ApiKey.key_hash,
+    models.ApiKey.name,
+    models.ApiKey.expires_at,
+    models.ApiKey.last_used_at,
 )
 
 
+def is_expired(expires_at: datetime | None, now: datetime) -> bool:
+    return expires_at is not None and expires_at <= now
+
+
+# What this process last wrote, per engine (a test process opens many databases whose keys share
+# ids): concurrent requests of one key then write once, not once each.
+_written: weakref.WeakKeyDictionary[sa.Engine, dict[int, datetime]] = weakref.WeakKeyDictionary()
+
+
+def note_use(
+    conn: sa.Connection, key_id: int, last_used_at: datetime | None, now: datetime
+) -> None:
+    """Write the key's last_used_at if it is a minute old, in `conn` (committed here).
+
+    `last_used_at` is the value the caller just read with the key. Never raises: this is
+    bookkeeping, and a request must not fail for it."""
+    cutoff = now - LAST_USED_INTERVAL
+    if last_used_at is not None and last_used_at > cutoff:
+        return
+    written = _written.setdefault(conn.engine, {})
+    previous = written.get(key_id)
+    if previous is not None and previous > cutoff:
+        return
+    written[key_id] = now
+    k = models.ApiKey
+    try:
+        conn.execute(
+            sa.update(k)
+            .where(k.id == key_id, sa.or_(k.last_used_at.is_(None), k.last_used_at <= cutoff))
+            .values(last_used_at=now)
+        )
+        conn.commit()
+    except sa.exc.SQLAlchemyError:
+        log.warning("could not record the use of key %s", key_id, exc_info=True)
+        conn.rollback()
+
+
 def principal_for_key(db: Database, settings: Settings, token: str) -> Principal | None:
-    """Who a raw API key stands for (the bearer header, the dashboard's login); None if nobody.
+    """Who a raw API key stands for (the bearer header, the dashboard's login); None if nobody,
+    or if the key has expired.
 
     Read from the database on every request, never cached: a revoked key is refused at once by
-    every server sharing the database."""
+    every server sharing the database. Its last use is noted in the same connection."""
     if settings.admin_key is not None and hmac.compare_digest(
         token.encode(), settings.admin_key.get_secret_value().encode()
     ):
         return Principal(role="admin")
     digest = hash_key(token)
+    now = datetime.now(UTC)
     with db.engine.connect() as conn:
         row = conn.execute(sa.select(*KEY_COLUMNS).where(models.ApiKey.key_hash == digest)).first()
-    if row is None or not hmac.compare_digest(row.key_hash, digest):
-        return None
+        if row is None or not hmac.compare_digest(row.key_hash, digest):
+            return None
+        if is_expired(row.expires_at, now):
+            return None
+        note_use(conn, row.id, row.last_used_at, now)
     return principal_of_row(row)

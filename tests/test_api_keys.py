@@ -39,7 +39,18 @@ def test_create_shows_the_key_once_and_stores_its_sha256(client: TestClient, db:
     r = client.post("/v1/keys", json={"role": "read", "team": "search", "name": "dash"})
     assert r.status_code == 201, r.text
     created = r.json()
-    assert set(created) == {"id", "key", "role", "team", "name", "user", "tags", "created_at"}
+    assert set(created) == {
+        "id",
+        "key",
+        "role",
+        "team",
+        "name",
+        "user",
+        "tags",
+        "created_at",
+        "expires_at",
+    }
+    assert created["expires_at"] is None
     assert (created["role"], created["team"], created["name"]) == ("read", "search", "dash")
     assert created["created_at"].endswith("Z")
     key = created["key"]
@@ -61,6 +72,8 @@ def test_create_shows_the_key_once_and_stores_its_sha256(client: TestClient, db:
                 "tags": None,
                 "created_at": created["created_at"],
                 "prefix": key[:8],
+                "expires_at": None,
+                "last_used_at": None,
             }
         ]
     }

@@ -244,7 +244,7 @@ def test_keys_missing_unknown_revoked_or_of_another_role(
         assert r.status_code == 403, path
     assert httpx.post(url, json=body, headers={"Authorization": f"Bearer {key}"}).status_code == 200
     [key_id] = [k.id for k in list_keys(db) if k.role == "gateway"]
-    assert revoke_key(db, key_id)
+    assert revoke_key(db, key_id, "cli")
     r = httpx.post(url, json=body, headers={"Authorization": f"Bearer {key}"})
     assert r.status_code == 401
     assert len(mock.requests) == 1

@@ -13,6 +13,7 @@ from meter import __version__
 from meter.api.errors import install_error_handlers, reject_unknown_query_params
 from meter.api.routes import (
     alerts,
+    audit,
     budgets,
     dashboard,
     docs,
@@ -105,6 +106,7 @@ def create_app(
         budgets,
         alerts,
         tags,
+        audit,
         metrics,
         docs,
         dashboard,

@@ -49,7 +49,7 @@ def authenticate(
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         if not any_keys(db, settings):
-            return Principal(role="admin")  # open mode, loopback only (see meter serve)
+            return Principal(role="admin", open_mode=True)  # loopback only (see meter serve)
         if request.method in ("GET", "HEAD"):
             # The dashboard's session cookie also reads the API (its CSV links); never for a
             # write, so a cross-site form can do nothing with it.

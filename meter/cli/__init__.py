@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from meter.cli import (  # noqa: F401  (each registers its commands)
+    audit,
     budgets,
     db,
     demo,

@@ -95,8 +95,10 @@ def create_cmd(
     enforce: bool = typer.Option(False, "--enforce", help="Block calls once over the limit."),
 ) -> None:
     """Create a budget; prints its id on stdout."""
+    from meter import audit
     from meter.budgets import repository as repo
     from meter.budgets import service
+    from meter.budgets.audit import budget_details
     from meter.budgets.schemas import BudgetCreate
 
     doc: dict[str, object] = {
@@ -125,6 +127,9 @@ def create_cmd(
             budget = repo.get_budget(conn, budget_id)
             assert budget is not None
             view = service.budget_views(conn, [budget], clock)[0]
+            audit.record(
+                conn, audit.CLI, "budget.create", f"budget:{budget_id}", budget_details(view)
+            )
     except service.BudgetInputError as exc:
         raise fail(_option_error(exc.field, str(exc))) from None
     finally:

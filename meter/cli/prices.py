@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
+from meter import audit
 from meter._exceptions import InvalidPrice
 from meter.cli._app import app, console, database, err_console, fail, friendly_errors, settings
 from meter.db.prices import PriceExists, add_price, list_prices, reprice
@@ -85,7 +86,8 @@ def set_cmd(
     db = database()
     try:
         with db.engine.begin() as conn:
-            add_price(conn, price)
+            stored = add_price(conn, price)
+            audit.record(conn, audit.CLI, "price.set", price.model, price_json(stored))
     except PriceExists as exc:
         raise fail(str(exc)) from None
     console.print(
@@ -139,6 +141,12 @@ def import_cmd(
                 raise InvalidPrice(str(exc), "effective_from") from None
             added.append(price)
             current[entry.model] = price
+        details = {
+            "added": [price_json(p) for p in added],
+            "unchanged": unchanged,
+            "skipped": len(skipped),
+        }
+        audit.record(conn, audit.CLI, "price.import", None, details)
     console.print(f"added {len(added)}, unchanged {unchanged}, skipped {len(skipped)}")
     if skipped:
         table = Table("skipped model", "reason")
@@ -150,10 +158,17 @@ def import_cmd(
 @prices_app.command("reprice")
 @friendly_errors
 def reprice_cmd() -> None:
-    """Price unpriced events that a price now covers; their weeks are rolled up again."""
+    """Price unpriced events that a price now covers; their weeks are rolled up again.
+
+    Audited as a long operation: `price.reprice.start`, then `.finish` in the reprice's own
+    transaction (or `.abort` if it fails)."""
     db = database()
-    with db.engine.begin() as conn:
+    with (
+        audit.long_operation(db.engine, audit.CLI, "price.reprice") as operation,
+        db.engine.begin() as conn,
+    ):
         result = reprice(conn)
+        operation.finish(conn, {"events": result.events, "weeks": result.weeks})
     weeks = ", ".join(result.weeks) if result.weeks else "none"
     console.print(f"priced {result.events} events; weeks queued for roll-up: {weeks}")
 

@@ -17,6 +17,7 @@ import hmac
 import re
 import secrets
 import time
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
@@ -25,7 +26,7 @@ from fastapi.responses import Response
 
 from meter.db import models
 from meter.db.session import Database
-from meter.keys import Principal, hash_key
+from meter.keys import Principal, hash_key, is_expired, note_use
 from meter.settings import Settings
 
 SESSION_COOKIE = "meter_session"
@@ -51,7 +52,8 @@ def issue_session(principal: Principal, key: str, now: float | None = None) -> s
 def verify_session(
     token: str, db: Database, settings: Settings, now: float | None = None
 ) -> Principal | None:
-    """The principal of a valid, unexpired session of a key that still exists; else None."""
+    """The principal of a valid, unexpired session of a key that still exists and has not
+    expired; else None."""
     key_id, _, rest = token.partition(".")
     expires_text, _, mac = rest.partition(".")
     if not (expires_text.isdigit() and mac):
@@ -65,16 +67,20 @@ def verify_session(
         secret = hash_key(settings.admin_key.get_secret_value())
         principal = Principal(role="admin")
     elif key_id.isdigit():
+        k = models.ApiKey
+        moment = datetime.now(UTC)
         with db.engine.connect() as conn:
             row = conn.execute(
-                sa.select(models.ApiKey.key_hash, models.ApiKey.role, models.ApiKey.team).where(
-                    models.ApiKey.id == int(key_id)
+                sa.select(k.key_hash, k.role, k.team, k.name, k.expires_at, k.last_used_at).where(
+                    k.id == int(key_id)
                 )
             ).first()
-        if row is None:
-            return None
+            if row is None or is_expired(row.expires_at, moment):
+                return None
+            if hmac.compare_digest(mac, _mac(row.key_hash, key_id, expires)):
+                note_use(conn, int(key_id), row.last_used_at, moment)
         secret = row.key_hash
-        principal = Principal(role=row.role, team=row.team, key_id=int(key_id))
+        principal = Principal(role=row.role, team=row.team, key_id=int(key_id), name=row.name)
     else:
         return None
     if not hmac.compare_digest(mac, _mac(secret, key_id, expires)):

@@ -7,11 +7,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 
+from meter import audit
 from meter.api.auth import AdminPrincipal, ReadPrincipal
 from meter.api.deps import DbDep
 from meter.api.errors import invalid
 from meter.api.routes.budgets import visible_budget
 from meter.budgets import repository as repo
+from meter.budgets.audit import alert_details
 from meter.budgets.schemas import AlertList, AlertOut
 from meter.budgets.service import alert_view
 from meter.weeks import parse_week
@@ -45,7 +47,7 @@ def list_alerts(
 
 
 @router.post("/alerts/{alert_id}/redeliver", response_model=AlertOut)
-def redeliver(alert_id: str, _: AdminPrincipal, db: DbDep) -> AlertOut:
+def redeliver(alert_id: str, admin: AdminPrincipal, db: DbDep) -> AlertOut:
     """Queue a failed delivery again, with a fresh set of attempts."""
     with db.engine.begin() as conn:
         alert = repo.get_alert(conn, alert_id)
@@ -58,5 +60,12 @@ def redeliver(alert_id: str, _: AdminPrincipal, db: DbDep) -> AlertOut:
                 "redelivered",
             )
         requeued = repo.get_alert(conn, alert_id)
+        audit.record(
+            conn,
+            audit.actor_of(admin),
+            "alert.redeliver",
+            f"alert:{alert_id}",
+            alert_details(alert),
+        )
     assert requeued is not None
     return alert_view(requeued)

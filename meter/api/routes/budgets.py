@@ -8,11 +8,13 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, HTTPException, Response
 from sqlalchemy.engine import Connection
 
+from meter import audit
 from meter.api.auth import AdminPrincipal, ReadPrincipal
 from meter.api.deps import DbDep, SettingsDep
 from meter.api.errors import invalid
 from meter.budgets import repository as repo
 from meter.budgets import service
+from meter.budgets.audit import budget_details
 from meter.budgets.schemas import BudgetCreate, BudgetList, BudgetOut, BudgetPatch, TestDelivery
 from meter.db.session import Database
 from meter.keys import Principal
@@ -54,12 +56,20 @@ def list_budgets(principal: ReadPrincipal, db: DbDep) -> BudgetList:
 
 @router.post("/budgets", response_model=BudgetOut, status_code=201)
 def create_budget(
-    data: BudgetCreate, _: AdminPrincipal, db: DbDep, settings: SettingsDep
+    data: BudgetCreate, admin: AdminPrincipal, db: DbDep, settings: SettingsDep
 ) -> BudgetOut:
     try:
         with db.engine.begin() as conn:
             budget_id = service.create_budget(conn, data, settings, clock(db))
-            return _one(conn, budget_id, db)
+            view = _one(conn, budget_id, db)
+            audit.record(
+                conn,
+                audit.actor_of(admin),
+                "budget.create",
+                f"budget:{budget_id}",
+                budget_details(view),
+            )
+            return view
     except service.BudgetInputError as exc:
         raise invalid(("body", exc.field), str(exc)) from None
 
@@ -74,23 +84,31 @@ def get_budget(budget_id: int, principal: ReadPrincipal, db: DbDep) -> BudgetOut
 
 @router.patch("/budgets/{budget_id}", response_model=BudgetOut)
 def update_budget(
-    budget_id: int, patch: BudgetPatch, _: AdminPrincipal, db: DbDep, settings: SettingsDep
+    budget_id: int, patch: BudgetPatch, admin: AdminPrincipal, db: DbDep, settings: SettingsDep
 ) -> BudgetOut:
     try:
         with db.engine.begin() as conn:
             if not service.update_budget(conn, budget_id, patch, settings, clock(db)):
                 raise HTTPException(404, detail=f"no budget {budget_id}")
-            return _one(conn, budget_id, db)
+            view = _one(conn, budget_id, db)
+            details = {"changed": sorted(patch.model_fields_set), **budget_details(view)}
+            audit.record(
+                conn, audit.actor_of(admin), "budget.update", f"budget:{budget_id}", details
+            )
+            return view
     except service.BudgetInputError as exc:
         raise invalid(("body", exc.field), str(exc)) from None
 
 
 @router.delete("/budgets/{budget_id}", status_code=204, response_class=Response)
-def delete_budget(budget_id: int, _: AdminPrincipal, db: DbDep) -> Response:
+def delete_budget(budget_id: int, admin: AdminPrincipal, db: DbDep) -> Response:
     """Deletes the budget and its alerts (pending deliveries included)."""
     with db.engine.begin() as conn:
+        exists = repo.get_budget(conn, budget_id) is not None
+        before = budget_details(_one(conn, budget_id, db)) if exists else {}
         if not repo.delete_budget(conn, budget_id):
             raise HTTPException(404, detail=f"no budget {budget_id}")
+        audit.record(conn, audit.actor_of(admin), "budget.delete", f"budget:{budget_id}", before)
     return Response(status_code=204)
 
 

@@ -1,24 +1,28 @@
 """`GET/POST /v1/keys`, `DELETE /v1/keys/{id}`: API keys, admin only.
 
 A key is shown once, in the answer to its creation; the database keeps its SHA-256 hash and a
-short prefix that tells keys apart in lists.
+short prefix that tells keys apart in lists. Creating and revoking are audited (`key.create`,
+`key.revoke`) in the change's own transaction.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from meter import audit
 from meter.api.auth import AdminPrincipal
 from meter.api.deps import DbDep
 from meter.api.errors import invalid
-from meter.api.schemas import AUTH_ERRORS, Name, Problem, Tags, Timestamp
+from meter.api.schemas import AUTH_ERRORS, InputTimestamp, Name, Problem, Tags, Timestamp
 from meter.db import models
 from meter.db.session import Database
+from meter.events import format_timestamp
 from meter.keys import check_key_fields, create_key
 
 router = APIRouter(tags=["keys"])
@@ -48,6 +52,9 @@ class KeyIn(BaseModel):
         default=None, description="Gateway keys: attribute every call to this user"
     )
     tags: Tags | None = Field(default=None, description="Gateway keys: tags on every call")
+    expires_at: InputTimestamp | None = Field(
+        default=None, description="RFC 3339, in the future: the key is refused from then on"
+    )
 
 
 class KeyOut(BaseModel):
@@ -59,6 +66,10 @@ class KeyOut(BaseModel):
     tags: dict[str, str] | None = None
     created_at: Timestamp
     prefix: str = Field(description="The key's first characters, to tell keys apart")
+    expires_at: Timestamp | None = Field(default=None, description="null: never expires")
+    last_used_at: Timestamp | None = Field(
+        default=None, description="Its last use, to the minute (written at most once a minute)"
+    )
 
 
 class KeyCreated(BaseModel):
@@ -70,6 +81,7 @@ class KeyCreated(BaseModel):
     user: str | None = None
     tags: dict[str, str] | None = None
     created_at: Timestamp
+    expires_at: Timestamp | None = None
 
 
 class KeyList(BaseModel):
@@ -87,7 +99,16 @@ def list_keys(db: Database) -> list[KeyOut]:
     with db.engine.connect().execution_options(readonly=True) as conn:
         rows = conn.execute(
             sa.select(
-                k.id, k.role, k.team, k.name, k.user, k.tags, k.created_at, k.prefix
+                k.id,
+                k.role,
+                k.team,
+                k.name,
+                k.user,
+                k.tags,
+                k.created_at,
+                k.prefix,
+                k.expires_at,
+                k.last_used_at,
             ).order_by(k.id)
         ).all()
     return [
@@ -100,17 +121,50 @@ def list_keys(db: Database) -> list[KeyOut]:
             tags=_tags(r.tags),
             created_at=r.created_at,
             prefix=r.prefix,
+            expires_at=r.expires_at,
+            last_used_at=r.last_used_at,
         )
         for r in rows
     ]
 
 
-def revoke_key(db: Database, key_id: int) -> bool:
+def key_details(
+    role: str,
+    team: str | None,
+    name: str | None,
+    user: str | None,
+    tags: dict[str, str] | None,
+    expires_at: datetime | None,
+) -> dict[str, Any]:
+    """A key as its audit entries describe it: everything but the key and its hash."""
+    return {
+        "role": role,
+        "team": team,
+        "name": name,
+        "user": user,
+        "tags": tags or None,
+        "expires_at": None if expires_at is None else format_timestamp(expires_at),
+    }
+
+
+def revoke_key(db: Database, key_id: int, actor: str) -> bool:
+    """Delete the key (requests with it get 401 from now on) and audit it, in one transaction."""
     if not 1 <= key_id <= MAX_ID:
         return False
+    k = models.ApiKey
     with db.engine.begin() as conn:
-        result = conn.execute(sa.delete(models.ApiKey).where(models.ApiKey.id == key_id))
-    return result.rowcount > 0
+        row = conn.execute(
+            sa.delete(k)
+            .where(k.id == key_id)
+            .returning(k.role, k.team, k.name, k.user, k.tags, k.expires_at)
+        ).first()
+        if row is None:
+            return False
+        details = key_details(
+            row.role, row.team, row.name, row.user, _tags(row.tags), row.expires_at
+        )
+        audit.record(conn, actor, "key.revoke", f"key:{key_id}", details)
+    return True
 
 
 @router.get(
@@ -127,16 +181,28 @@ def get_keys(_: AdminPrincipal, db: DbDep) -> KeyList:
     summary="Create a key (shown once)",
     responses=AUTH_ERRORS,
 )
-def post_key(_admin: AdminPrincipal, db: DbDep, body: KeyIn) -> KeyCreated:
+def post_key(admin: AdminPrincipal, db: DbDep, body: KeyIn) -> KeyCreated:
     try:
         check_key_fields(body.role, body.team, body.user, body.tags)
+        if body.expires_at is not None and body.expires_at <= datetime.now(UTC):
+            raise ValueError("expires_at: must be in the future")
     except ValueError as exc:
         name, _, reason = str(exc).partition(": ")
         raise invalid(("body", name), reason) from None
     with db.engine.begin() as conn:
         key_id, key, created_at = create_key(
-            conn, body.role, body.team, body.name, user=body.user, tags=body.tags
+            conn,
+            body.role,
+            body.team,
+            body.name,
+            user=body.user,
+            tags=body.tags,
+            expires_at=body.expires_at,
         )
+        details = key_details(
+            body.role, body.team, body.name, body.user, body.tags, body.expires_at
+        )
+        audit.record(conn, audit.actor_of(admin), "key.create", f"key:{key_id}", details)
     return KeyCreated(
         id=key_id,
         key=key,
@@ -146,6 +212,7 @@ def post_key(_admin: AdminPrincipal, db: DbDep, body: KeyIn) -> KeyCreated:
         user=body.user,
         tags=body.tags or None,
         created_at=created_at,
+        expires_at=body.expires_at,
     )
 
 
@@ -156,7 +223,7 @@ def post_key(_admin: AdminPrincipal, db: DbDep, body: KeyIn) -> KeyCreated:
     summary="Revoke a key",
     responses={**AUTH_ERRORS, 404: {"model": Problem, "description": "No such key"}},
 )
-def delete_key(_: AdminPrincipal, db: DbDep, id: int) -> Response:
-    if not revoke_key(db, id):
+def delete_key(admin: AdminPrincipal, db: DbDep, id: int) -> Response:
+    if not revoke_key(db, id, audit.actor_of(admin)):
         raise HTTPException(404, detail=f"no key with id {id}")
     return Response(status_code=204)

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, Strict, WithJsonSchema
 
+from meter import audit
 from meter._exceptions import InvalidPrice
 from meter.api.auth import AdminPrincipal, ReadPrincipal
 from meter.api.deps import DbDep
@@ -131,7 +132,7 @@ def get_prices(
     summary="Add a price version",
     responses={**AUTH_ERRORS, 409: {"model": Problem, "description": "Same model and date"}},
 )
-def post_price(_: AdminPrincipal, db: DbDep, body: PriceIn) -> PriceOut:
+def post_price(admin: AdminPrincipal, db: DbDep, body: PriceIn) -> PriceOut:
     try:
         price = make_price(
             body.model,
@@ -145,6 +146,10 @@ def post_price(_: AdminPrincipal, db: DbDep, body: PriceIn) -> PriceOut:
     try:
         with db.engine.begin() as conn:
             stored = add_price(conn, price)
+            out = PriceOut.of(stored)
+            audit.record(
+                conn, audit.actor_of(admin), "price.set", out.model, out.model_dump(mode="json")
+            )
     except PriceExists as exc:
         raise HTTPException(409, detail=str(exc)) from None
-    return PriceOut.of(stored)
+    return out
