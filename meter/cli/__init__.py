@@ -7,6 +7,7 @@ from meter.cli import (  # noqa: F401  (each registers its commands)
     budgets,
     db,
     demo,
+    export,
     keys,
     mock_upstream,
     prices,
