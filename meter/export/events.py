@@ -117,10 +117,19 @@ def event_filter(
     if first is not None and last is not None and last < first:
         raise ValueError(f"to: {last} is before from ({first})")
     return EventFilter(
-        start=None if first is None else local_midnight_utc(first, tz),
-        end=None if last is None else local_midnight_utc(last + timedelta(days=1), tz),
+        start=None if first is None else _midnight(first, tz),
+        end=None if last is None or last == date.max else _midnight(last + timedelta(days=1), tz),
         team=team,
     )
+
+
+def _midnight(day: date, tz: ZoneInfo) -> datetime | None:
+    """The day's local midnight in UTC; None (no bound) at the ends of the calendar, where no
+    event can be anyway."""
+    try:
+        return local_midnight_utc(day, tz)
+    except OverflowError:
+        return None
 
 
 def count_events(db: Database, flt: EventFilter) -> int:
