@@ -261,6 +261,9 @@ def test_get_v1_export_events_streams_ndjson(
         assert r.text.splitlines() == cli_ingest
         assert 0 < len(cli_ingest) < N
         assert client.get("/v1/export/events", params={"from": "2027-01-01"}).text == ""
+        everything = {"from": "0001-01-01", "to": "9999-12-31"}  # the calendar's ends: no bound
+        r = client.get("/v1/export/events", params=everything)
+        assert r.status_code == 200 and len(r.text.splitlines()) == N
         r = client.get("/v1/export/events", params={"from": "2026-11-02", "to": "2026-11-01"})
         assert r.status_code == 422 and "to" in r.text
         r = client.get("/v1/export/events", params={"from": "yesterday"})
