@@ -3,8 +3,10 @@ worker, no roll-up scheduler, SQLite or PostgreSQL), bodies pre-built, sent over
 connections by `--clients` threads, vs the raw same-dedupe baseline of bench.recording
 (SQLite INSERT OR IGNORE, batch 1,000; PostgreSQL COPY + INSERT ON CONFLICT, batch 10,000) on the
 same events. Alternating rounds, fresh databases each, median. Target: >= 50% of the baseline.
+`--with-key` sends an ingest key stored in the database (as production does: its lookup, and its
+last_used_at written once a minute) instead of serving in open mode.
 
-    .venv/bin/python -m bench.ingest [--db both] [--events 100000] [--clients 2]
+    .venv/bin/python -m bench.ingest [--db both] [--events 100000] [--clients 2] [--with-key]
 """
 
 from __future__ import annotations
@@ -47,7 +49,23 @@ def bodies(records: list[Any]) -> list[bytes]:
     return out
 
 
-def post_all(base_url: str, payloads: list[bytes], clients: int) -> float:
+def ingest_key(database_url: str) -> str:
+    """A fresh ingest key stored in the database."""
+    from meter.db.engine import make_engine
+    from meter.keys import create_key
+
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            return create_key(conn, "ingest", None, "bench")[1]
+    finally:
+        engine.dispose()
+
+
+def post_all(base_url: str, payloads: list[bytes], clients: int, key: str | None = None) -> float:
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
     lock = threading.Lock()
     queue = list(reversed(payloads))
     errors: list[str] = []
@@ -60,9 +78,7 @@ def post_all(base_url: str, payloads: list[bytes], clients: int) -> float:
                     if not queue or errors:
                         return
                     body = queue.pop()
-                response = client.post(
-                    "/v1/events", content=body, headers={"Content-Type": "application/json"}
-                )
+                response = client.post("/v1/events", content=body, headers=headers)
                 if response.status_code != 200:
                     with lock:
                         errors.append(f"HTTP {response.status_code}: {response.text[:300]}")
@@ -93,6 +109,7 @@ def run(
     clients: int,
     work: Path,
     pg: PgDatabases | None,
+    with_key: bool = False,
 ) -> dict[str, Any]:
     now = datetime.now(UTC)
     specs = list(_events.specs(n, now - timedelta(hours=1), now, seed=21))
@@ -112,8 +129,9 @@ def run(
         for side in order:
             url = fresh(f"ingest-{side}{r}")
             if side == "ours":
+                key = ingest_key(url) if with_key else None
                 with meter_server(url, f"ingest-{backend}") as base_url:
-                    ours_s.append(post_all(base_url, payloads, clients))
+                    ours_s.append(post_all(base_url, payloads, clients, key))
             elif backend == "sqlite":
                 base_s.append(recording.sqlite_baseline(url, rows))
             else:
@@ -135,7 +153,8 @@ def run(
     ratio = ours_rate / base_rate
     report.add(
         Row(
-            what=f"{backend}: POST /v1/events x1,000, {n:,} events, {clients} clients",
+            what=f"{backend}: POST /v1/events x1,000, {n:,} events, {clients} clients"
+            + (", ingest key" if with_key else ""),
             baseline=f"{base_rate:,.0f} ev/s",
             ours=f"{ours_rate:,.0f} ev/s",
             ratio=f"{ratio:.0%}",
@@ -172,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--with-key", action="store_true", help="send a stored ingest key")
     args = parser.parse_args(argv)
     report = Report("ingest", COMMAND)
     work = workdir("ingest")
@@ -186,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.clients,
                 work,
                 pg if backend == "postgresql" else None,
+                args.with_key,
             )
     report.save()
     return 0
