@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from meter import audit
 from meter.api.app import create_app
 from meter.cli import app as cli
 from meter.db import models
@@ -323,6 +324,7 @@ def test_apply_adds_versions_effective_now_and_never_changes_a_stored_cost(
     again = run()
     assert again.exit_code == 0, again.output
     assert "the price book is in sync" in again.stdout
+    assert sync_entries(book) == [("cli", None, {"model": None, "added": APPLIED})]
     assert "acme/variable" in again.stdout  # still reported as skipped
 
 
@@ -375,6 +377,14 @@ def api(book: Database, upstream: tuple[MockUpstream, str]) -> Iterator[TestClie
         yield client
 
 
+def sync_entries(db: Database) -> list[tuple[str, str | None, dict[str, Any] | None]]:
+    """The audit log's price.sync entries, oldest first (never the upstream's key)."""
+    with db.engine.connect() as conn:
+        entries = audit.list_entries(conn, action="price.sync")
+        assert UPSTREAM_KEY not in repr(conn.execute(sa.text("SELECT * FROM audit_log")).all())
+    return [(e.actor, e.target, e.details) for e in reversed(entries)]
+
+
 def key(db: Database, role: str) -> dict[str, str]:
     with db.engine.begin() as conn:
         _, secret, _ = create_key(conn, role, None, None)
@@ -405,6 +415,11 @@ def test_get_returns_the_difference_and_post_applies_it(
     assert r.status_code == 200, r.text
     doc = r.json()
     assert without_as_of(doc) == EXPECTED_DIFF and doc["applied"] == APPLIED
+    [(actor, target, details)] = sync_entries(book)  # GET wrote none
+    assert actor.startswith("key:") and (target, details) == (
+        None,
+        {"model": None, "added": APPLIED},
+    )
     later = datetime.fromisoformat(doc["as_of"]) + timedelta(milliseconds=1)
     ingest("019ab7c4-5f2e-7a10-8b3c-2d4e6f809a1c", "after", later)
     assert event_costs(book) == {"before": ("0.000205", True), "after": ("0.000235", True)}

@@ -202,7 +202,7 @@ def sync_cmd(
 ) -> None:
     from meter._exceptions import CatalogueUnavailable
     from meter.price_sync import fetch_catalogue, plan, sync
-    from meter.price_sync.schemas import PriceSyncDiff, PriceSyncResult
+    from meter.price_sync.schemas import PriceSyncDiff, PriceSyncResult, audit_details
     from meter.price_sync.upstream import models_url
 
     if fmt not in ("table", "json"):
@@ -218,6 +218,7 @@ def sync_cmd(
         if apply_changes:
             with db.engine.begin() as conn:
                 diff, applied = sync(conn, catalogue, model)
+                audit.record(conn, audit.CLI, "price.sync", model, audit_details(applied, model))
             result = PriceSyncResult.of_applied(diff, applied, model)
         else:
             with db.engine.connect().execution_options(readonly=True) as conn:

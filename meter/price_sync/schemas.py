@@ -140,3 +140,8 @@ def _diff_fields(diff: PriceDiff, model: str | None) -> dict[str, object]:
             for e in diff.skipped
         ],
     }
+
+
+def audit_details(applied: list[Price], model: str | None) -> dict[str, object]:
+    """What the audit log keeps of an applied sync: the versions it added, effective then."""
+    return {"model": model, "added": [ListedPrice.of(p).model_dump() for p in applied]}

@@ -32,9 +32,7 @@ def delete_key(conn: Connection, key: str) -> int:
 
 def budgets_using(conn: Connection, key: str) -> list[int]:
     b = models.Budget
-    rows = conn.execute(
-        sa.select(b.id, b.subject).where(b.scope == "tag").order_by(b.id)
-    ).all()
+    rows = conn.execute(sa.select(b.id, b.subject).where(b.scope == "tag").order_by(b.id)).all()
     return [int(r.id) for r in rows if r.subject.partition("=")[0] == key]
 
 

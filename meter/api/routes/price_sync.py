@@ -9,13 +9,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 
+from meter import audit
 from meter._exceptions import CatalogueUnavailable
 from meter.api.auth import AdminPrincipal
 from meter.api.deps import DbDep
 from meter.api.schemas import AUTH_ERRORS, NameQuery, Problem
 from meter.db.prices import PriceExists
 from meter.price_sync import fetch_catalogue, plan, sync
-from meter.price_sync.schemas import PriceSyncDiff, PriceSyncResult
+from meter.price_sync.schemas import PriceSyncDiff, PriceSyncResult, audit_details
 from meter.settings import Settings
 
 router = APIRouter(tags=["prices"])
@@ -62,12 +63,15 @@ def get_price_sync(
     responses={**ERRORS, 409: {"model": Problem, "description": "Another sync at that moment"}},
 )
 def post_price_sync(
-    _: AdminPrincipal, db: DbDep, request: Request, model: ModelQuery = None
+    admin: AdminPrincipal, db: DbDep, request: Request, model: ModelQuery = None
 ) -> PriceSyncResult:
     catalogue = _catalogue(request)
     try:
         with db.engine.begin() as conn:
             diff, applied = sync(conn, catalogue, model)
+            audit.record(
+                conn, audit.actor_of(admin), "price.sync", model, audit_details(applied, model)
+            )
     except PriceExists as exc:
         raise HTTPException(409, detail=str(exc)) from None
     return PriceSyncResult.of_applied(diff, applied, model)
