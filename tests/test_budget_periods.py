@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from meter import audit
 from meter.api.app import create_app
 from meter.budgets import service
 from meter.budgets.evaluate import evaluate_weeks
@@ -209,6 +210,16 @@ def test_a_tag_budget_counts_only_events_with_its_tag(ny):
     assert client.delete("/v1/tags/feature").status_code == 204
     assert client.delete("/v1/tags/feature").status_code == 404
     assert client.get("/v1/tags").json() == {"tags": []}
+    # Each change once in the audit log (the refused ones, none): tag, budget, budget, tag.
+    with db.engine.connect() as conn:
+        entries = list(reversed(audit.list_entries(conn)))
+    assert [(e.action, e.target) for e in entries] == [
+        ("tag.add", "feature"),
+        ("budget.create", f"budget:{bid}"),
+        ("budget.delete", f"budget:{bid}"),
+        ("tag.remove", "feature"),
+    ]
+    assert entries[0].details == {"rows_backfilled": 0}
 
 
 def test_projected_overspend_uses_the_months_real_length(ny):

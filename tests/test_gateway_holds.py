@@ -194,7 +194,7 @@ def test_concurrent_admissions_from_two_gates_fill_the_budget_exactly(
 def test_a_tag_budget_covers_only_calls_with_its_tag(db: Database) -> None:
     from meter.tags.service import add_tag_key
 
-    add_tag_key(db, "project")
+    add_tag_key(db, "project", actor="cli")
     tag_budget = budget(db, 2 * W, scope="tag", subject="project=x")
     gate = BudgetGate(db)
     assert gate.covering("other", None, {"project": "y"}) == []

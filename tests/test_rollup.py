@@ -275,7 +275,7 @@ def test_totals_equal_the_raw_events_after_any_interleaving(db: Database, steps:
         elif kind == "rollup":
             counted += run_rollup(db).events_rolled_up
         elif kind == "tag key":  # backfilled from the events, then kept by the roll-up
-            add_tag_key(db, "feature")
+            add_tag_key(db, "feature", actor="cli")
     counted += run_rollup(db).events_rolled_up
     assert rolled_up_tags(db) == expected_tags(db)
     assert rolled_up(db) == expected_totals(db)

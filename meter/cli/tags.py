@@ -18,12 +18,13 @@ app.add_typer(tags_app, name="tags")
 @friendly_errors
 def add_cmd(key: str = typer.Argument(..., help="The tag key, e.g. feature.")) -> None:
     """Roll up KEY from now on, and its history from the raw events kept."""
+    from meter.audit import CLI
     from meter.rollup import RollupBusy
     from meter.tags import add_tag_key
 
     db = database()
     try:
-        rows = add_tag_key(db, key)
+        rows = add_tag_key(db, key, actor=CLI)
     except InvalidRequest as exc:
         raise fail(str(exc)) from None
     except RollupBusy as exc:
@@ -57,12 +58,13 @@ def list_cmd() -> None:
 @friendly_errors
 def remove_cmd(key: str = typer.Argument(..., help="The tag key.")) -> None:
     """Stop rolling up KEY and drop its rows (refused while a budget counts it)."""
+    from meter.audit import CLI
     from meter.rollup import RollupBusy
     from meter.tags import TagInUse, remove_tag_key
 
     db = database()
     try:
-        removed = remove_tag_key(db, key)
+        removed = remove_tag_key(db, key, actor=CLI)
     except (TagInUse, RollupBusy) as exc:
         raise fail(str(exc), code=1) from None
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from meter import audit
 from meter._exceptions import InvalidRequest, MeterError
 from meter.db.session import Database
 from meter.events import MAX_TAG_KEY_LENGTH
@@ -36,9 +37,12 @@ def list_tag_keys(db: Database) -> list[str]:
         return repo.list_keys(conn)
 
 
-def add_tag_key(db: Database, key: str, wait_seconds: float = LEASE_WAIT_SECONDS) -> int | None:
+def add_tag_key(
+    db: Database, key: str, wait_seconds: float = LEASE_WAIT_SECONDS, *, actor: str
+) -> int | None:
     """Roll up `key` from now on, and its history from the raw events -> rows written, or None
-    when it was rolled up already. Raises RollupBusy if a roll-up outlasts `wait_seconds`."""
+    when it was rolled up already. Raises RollupBusy if a roll-up outlasts `wait_seconds`.
+    Audited as `tag.add` (by `actor`) in the same transaction."""
     key = check_key(key)
     holder = lease.new_holder_id()
     lease.acquire(db, holder, wait_seconds)
@@ -48,14 +52,18 @@ def add_tag_key(db: Database, key: str, wait_seconds: float = LEASE_WAIT_SECONDS
             if key in repo.list_keys(conn):
                 return None
             repo.insert_key(conn, key, datetime.now(UTC))
-            return repo.backfill(conn, key)
+            rows = repo.backfill(conn, key)
+            audit.record(conn, actor, "tag.add", key, {"rows_backfilled": rows})
+            return rows
     finally:
         lease.release(db, holder, None)
 
 
-def remove_tag_key(db: Database, key: str, wait_seconds: float = LEASE_WAIT_SECONDS) -> bool:
+def remove_tag_key(
+    db: Database, key: str, wait_seconds: float = LEASE_WAIT_SECONDS, *, actor: str
+) -> bool:
     """Stop rolling up `key` and drop its rows -> False if it was not rolled up.
-    Raises TagInUse while a budget counts it."""
+    Raises TagInUse while a budget counts it. Audited as `tag.remove` (by `actor`)."""
     key = key.strip()
     holder = lease.new_holder_id()
     lease.acquire(db, holder, wait_seconds)
@@ -71,6 +79,7 @@ def remove_tag_key(db: Database, key: str, wait_seconds: float = LEASE_WAIT_SECO
                     "delete them first"
                 )
             repo.delete_key(conn, key)
+            audit.record(conn, actor, "tag.remove", key, None)
             return True
     finally:
         lease.release(db, holder, None)

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Response
 from pydantic import BaseModel, ConfigDict
 
+from meter import audit
 from meter._exceptions import InvalidRequest
 from meter.api.auth import AdminPrincipal, ReadPrincipal
 from meter.api.deps import DbDep
@@ -59,11 +60,11 @@ def list_tags(_: ReadPrincipal, db: DbDep) -> TagKeyList:
 
 
 @router.post("/tags", response_model=TagKeyAdded, status_code=201)
-def add_tag(data: TagKeyIn, _: AdminPrincipal, db: DbDep) -> TagKeyAdded:
+def add_tag(data: TagKeyIn, admin: AdminPrincipal, db: DbDep) -> TagKeyAdded:
     """Roll up a tag key from now on, and its history from the raw events kept; 409 if it is
     rolled up already."""
     try:
-        rows = add_tag_key(db, data.key)
+        rows = add_tag_key(db, data.key, actor=audit.actor_of(admin))
     except InvalidRequest as exc:
         raise invalid(("body", "key"), str(exc).removeprefix("key: ")) from None
     except RollupBusy as exc:
@@ -77,10 +78,10 @@ def add_tag(data: TagKeyIn, _: AdminPrincipal, db: DbDep) -> TagKeyAdded:
 
 
 @router.delete("/tags/{key:path}", status_code=204, response_class=Response)
-def delete_tag(key: str, _: AdminPrincipal, db: DbDep) -> Response:
+def delete_tag(key: str, admin: AdminPrincipal, db: DbDep) -> Response:
     """Stop rolling up a key and drop its rows; 409 while a budget counts it."""
     try:
-        removed = remove_tag_key(db, key)
+        removed = remove_tag_key(db, key, actor=audit.actor_of(admin))
     except (TagInUse, RollupBusy) as exc:
         raise HTTPException(409, detail=str(exc)) from None
     if not removed:
