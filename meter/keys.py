@@ -184,6 +184,11 @@ def note_use(
         conn.rollback()
 
 
+# Built once: building the statement at each request cost SQLAlchemy about three times what
+# running it does (0.34 vs 0.11 ms CPU per lookup, measured for bench.gateway), on every call.
+_BY_HASH = sa.select(*KEY_COLUMNS).where(models.ApiKey.key_hash == sa.bindparam("digest"))
+
+
 def principal_for_key(db: Database, settings: Settings, token: str) -> Principal | None:
     """Who a raw API key stands for (the bearer header, the dashboard's login); None if nobody,
     or if the key has expired.
@@ -197,7 +202,7 @@ def principal_for_key(db: Database, settings: Settings, token: str) -> Principal
     digest = hash_key(token)
     now = datetime.now(UTC)
     with db.engine.connect() as conn:
-        row = conn.execute(sa.select(*KEY_COLUMNS).where(models.ApiKey.key_hash == digest)).first()
+        row = conn.execute(_BY_HASH, {"digest": digest}).first()
         if row is None or not hmac.compare_digest(row.key_hash, digest):
             return None
         if is_expired(row.expires_at, now):
