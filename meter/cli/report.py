@@ -206,3 +206,51 @@ def billing_cmd(
     table.add_section()
     table.add_row("total", "", "", "", "", "", _usd(report.total_cost_usd))
     console.print(table)
+
+
+@report_app.command("reconcile")
+@friendly_errors
+def reconcile_cmd(
+    period: str = typer.Option("week", help="day, week or month."),
+    first: str | None = typer.Option(None, "--from", help="First period (a label of its kind)."),
+    last: str | None = typer.Option(None, "--to", help="Last period, inclusive (default: now)."),
+    fmt: str = typer.Option("table", "--format", help="table or json (the API's)."),
+) -> None:
+    """meter's cost against the provider's reported cost, per period and model.
+
+    `cost` is meter's cost of the events that carry a provider cost, `provider` their sum of
+    `usage.cost`, `drift` the difference (positive: meter counts more than the provider billed).
+    """
+    from meter.reports.reconciliation import reconciliation
+
+    _choice("--format", fmt, ("table", "json"))
+    db = database()
+    try:
+        report = reconciliation(db, period=period, first=first, last=last)
+    except InvalidRequest as exc:
+        raise _option_error(exc) from None
+    finally:
+        db.dispose()
+    if fmt == "json":
+        _print_json(report)
+        return
+    table = _table(
+        f"reconciliation by {report.period}",
+        f"roll-up as of {report.as_of or 'never: run `meter rollup`'}",
+        "period", "model", "events", "with provider cost", "cost", "provider", "drift",
+        "estimated", "reconciled", "lookups pending",
+    )  # fmt: skip
+    for r in report.rows:
+        table.add_row(
+            r.period,
+            r.model,
+            f"{r.events:,}",
+            f"{r.events_with_provider_cost:,}",
+            f"${r.cost_usd}",
+            f"${r.provider_cost_usd}",
+            f"${r.drift_usd}",
+            f"{r.estimated:,}",
+            f"{r.reconciled:,}",
+            f"{r.lookups_pending:,}",
+        )
+    console.print(table)
