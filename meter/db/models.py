@@ -139,6 +139,29 @@ class Event(Base):
     day: Mapped[date]  # local date of occurred_at in the database's timezone (meter.periods)
 
 
+# What a reader of events (GET /v1/events, the export) selects: the event as stored.
+EVENT_COLUMNS = (
+    Event.id,
+    Event.occurred_at,
+    Event.model,
+    Event.user,
+    Event.team,
+    Event.tags,
+    Event.prompt_tokens,
+    Event.completion_tokens,
+    Event.cached_tokens,
+    Event.reasoning_tokens,
+    Event.status,
+    Event.usage_source,
+    Event.latency_ms,
+    Event.ttft_ms,
+    Event.generation_id,
+    Event.provider_cost_units,
+    Event.input_cost_units,
+    Event.output_cost_units,
+)
+
+
 class RollupDirty(Base):
     """A (week, team, user, model) group whose totals must be recomputed.
 

@@ -71,26 +71,7 @@ INGEST_FIELDS = (
 )
 
 _E = models.Event
-_COLUMNS = (
-    _E.id,
-    _E.occurred_at,
-    _E.model,
-    _E.user,
-    _E.team,
-    _E.tags,
-    _E.prompt_tokens,
-    _E.completion_tokens,
-    _E.cached_tokens,
-    _E.reasoning_tokens,
-    _E.status,
-    _E.usage_source,
-    _E.latency_ms,
-    _E.ttft_ms,
-    _E.generation_id,
-    _E.provider_cost_units,
-    _E.input_cost_units,
-    _E.output_cost_units,
-)
+_COLUMNS = models.EVENT_COLUMNS
 
 
 @dataclass(frozen=True)

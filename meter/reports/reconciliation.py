@@ -18,12 +18,12 @@ from meter.db.session import Database
 from meter.money import render_usd
 from meter.periods import window_at, window_of, windows_back
 from meter.reports.period_queries import _as_start, _period_start
+from meter.reports.period_service import DEFAULT_COUNT
 from meter.reports.queries import reading
 from meter.reports.ranges import MAX_DAYS, parse_kind, parse_label
 from meter.reports.service import _as_of
 from meter.weeks import now_utc
 
-DEFAULT_COUNT = {"day": 31, "week": 12, "month": 12}
 D: sa.Table = models.DailyUsage.__table__  # type: ignore[assignment]
 E: sa.Table = models.Event.__table__  # type: ignore[assignment]
 L: sa.Table = models.GenerationLookup.__table__  # type: ignore[assignment]
