@@ -397,6 +397,15 @@ class AuditEntry(Base):
     details: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON())
 
 
+class ErasedEvent(Base):
+    """The id of an event deleted by a user's erasure (`delete_events=true`): kept so that a
+    replay of that event is a duplicate and cannot bring it back (SPEC section 10)."""
+
+    __tablename__ = "erased_events"
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    erased_at: Mapped[datetime]
+
+
 class GenerationLookup(Base):
     """An estimated event waiting for the provider's own figures (`GET /generation?id=`)."""
 
