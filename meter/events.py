@@ -157,7 +157,9 @@ def parse_timestamp(text: str) -> datetime:
 
 @dataclass(frozen=True)
 class InsertResult:
-    """What storing a batch of events did: rows inserted, and events already stored (same id)."""
+    """What storing a batch of events did: rows inserted, events already stored (same id), and
+    events older than the purge cutoff (SPEC section 10), counted apart and never stored."""
 
     inserted: int
     duplicates: int
+    expired: int = 0

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     gateway_max_connections: int = Field(default=1000, gt=0)  # upstream pool: streams at once
     # Price sync (SPEC section 9): `meter serve` logs the difference this often; None: never.
     price_sync_interval_seconds: float | None = Field(default=None, gt=0)
+    # Purge raw events of local days older than this, once rolled up (SPEC section 10); None:
+    # keep them for ever. Totals are kept whatever it is.
+    raw_retention_days: int | None = Field(default=None, ge=2)
     webhook_allow_private: bool = False
     webhook_allow_hosts: str | None = None
     # Generation lookups (meter.reconcile): the window after an estimated event in which its

@@ -66,11 +66,11 @@ def test_ingest_counts_inserted_and_duplicates_and_prices_exactly(
     before = EVENTS_INGESTED._value.get()
     r = client.post("/v1/events", json={"events": [first, second, first]})
     assert r.status_code == 200, r.text
-    assert r.json() == {"inserted": 2, "duplicates": 1}
+    assert r.json() == {"inserted": 2, "duplicates": 1, "expired": 0}
     assert EVENTS_INGESTED._value.get() - before == 2
 
     again = client.post("/v1/events", json={"events": [second, ev()]})
-    assert again.json() == {"inserted": 1, "duplicates": 1}
+    assert again.json() == {"inserted": 1, "duplicates": 1, "expired": 0}
     assert stored_count(db) == 3
 
     events = {e["id"]: e for e in client.get("/v1/events").json()["events"]}
@@ -152,7 +152,7 @@ def test_future_events_are_refused_but_five_minutes_of_skew_is_not(
         "body.events.0.occurred_at"
     ]
     r = client.post("/v1/events", json={"events": [ev(occurred_at=ok)]})
-    assert r.json() == {"inserted": 1, "duplicates": 0}
+    assert r.json() == {"inserted": 1, "duplicates": 0, "expired": 0}
 
 
 def test_offsets_are_stored_as_utc(client: TestClient) -> None:
@@ -282,7 +282,7 @@ def test_team_scoped_keys_write_and_read_only_their_team(db: Database) -> None:
         assert r.status_code == 403
         assert "events[0].team" in r.json()["detail"]
         r = c.post("/v1/events", headers=ingest, json={"events": [ev(team="search"), ev(user="u")]})
-        assert r.json() == {"inserted": 2, "duplicates": 0}
+        assert r.json() == {"inserted": 2, "duplicates": 0, "expired": 0}
         admin = new_key(db, "admin")
         c.post("/v1/events", headers=admin, json={"events": [ev(team="ads"), ev()]})
 
@@ -311,5 +311,5 @@ def test_a_big_batch_of_ten_thousand(client: TestClient, db: Database) -> None:
     batch = [ev(prompt_tokens=i) for i in range(10_000)]
     body = json.dumps({"events": batch})
     r = client.post("/v1/events", content=body, headers={"Content-Type": "application/json"})
-    assert r.json() == {"inserted": 10_000, "duplicates": 0}
+    assert r.json() == {"inserted": 10_000, "duplicates": 0, "expired": 0}
     assert stored_count(db) == 10_000

@@ -147,7 +147,7 @@ def test_for_ingest_into_a_fresh_meter_gives_the_same_weekly_totals(
                 "/v1/events", json={"events": docs[i : i + 100]}, headers=bearer(ADMIN_KEY)
             )
             assert r.status_code == 200, r.text
-            assert r.json() == {"inserted": len(docs[i : i + 100]), "duplicates": 0}
+            assert r.json() == {"inserted": len(docs[i : i + 100]), "duplicates": 0, "expired": 0}
     run_rollup(db)
     run_rollup(fresh)
 

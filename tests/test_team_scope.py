@@ -58,7 +58,7 @@ def world(db: Database) -> Iterator[tuple[TestClient, dict[str, Any]]]:
             ev(OTHER, OTHER_USER, 9000),  # $0.00099
         ]
         r = c.post("/v1/events", headers=admin, json={"events": events})
-        assert r.json() == {"inserted": 3, "duplicates": 0}
+        assert r.json() == {"inserted": 3, "duplicates": 0, "expired": 0}
         budget_ids = {}
         for scope, subject in (("team", MINE), ("team", OTHER), ("user", OTHER_USER)):
             r = c.post(

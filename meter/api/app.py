@@ -34,6 +34,7 @@ from meter.api.routes import (
 from meter.budgets.delivery import DeliveryWorker
 from meter.db.session import Database
 from meter.gateway import routes as gateway
+from meter.lifecycle.tasks import add_purge_job
 from meter.price_sync.tasks import add_price_check
 from meter.reconcile.scheduler import add_lookup_job
 from meter.rollup.scheduler import build_scheduler, start_scheduler, stop_scheduler
@@ -90,6 +91,7 @@ def create_app(
     app.state.scheduler = build_scheduler(db, settings.rollup_interval_seconds)
     add_lookup_job(app.state.scheduler, db, settings)  # only with OPENROUTER_API_KEY
     add_price_check(app.state.scheduler, db, settings)  # when METER_PRICE_SYNC_INTERVAL_SECONDS
+    add_purge_job(app.state.scheduler, db, settings)  # when METER_RAW_RETENTION_DAYS
 
     install_error_handlers(app)
     # Added last, so it runs first: gateway calls skip the API's layers (meter.gateway.routes).

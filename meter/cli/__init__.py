@@ -11,6 +11,7 @@ from meter.cli import (  # noqa: F401  (each registers its commands)
     keys,
     mock_upstream,
     prices,
+    purge,
     reconcile,
     report,
     rollup,

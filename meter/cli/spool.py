@@ -49,6 +49,8 @@ def status(
         "bytes": sum(i.bytes for i in infos),
         "dead_segments": len(dead),
         "dead_events": sum(i.events for i in dead),
+        # Events the store answered as older than its purge cutoff: not stored, never counted.
+        "expired_events": segments.expired_total(directory),
     }
     if as_json:
         doc = {
@@ -80,7 +82,8 @@ def status(
     console.print(
         f"total: {totals['segments']} segments, {totals['events']} events, "
         f"{totals['bytes']} bytes; dead (to replay): {totals['dead_segments']} segments, "
-        f"{totals['dead_events']} events",
+        f"{totals['dead_events']} events; expired (before the store's purge cutoff, not "
+        f"stored): {totals['expired_events']} events",
         highlight=False,
     )
 
@@ -127,6 +130,7 @@ def replay(
     console.print(
         f"replayed {stats.replayed_segments} segments into {target}: "
         f"{stats.stored} inserted, {stats.duplicates} duplicates, "
-        f"{stats.skipped_lines} skipped lines, {stats.rejected} rejected events",
+        f"{stats.skipped_lines} skipped lines, {stats.rejected} rejected events, "
+        f"{stats.expired} expired (before the purge cutoff)",
         highlight=False,
     )

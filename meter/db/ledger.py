@@ -202,11 +202,18 @@ def insert_events(
     seen: set[Any] = set()
     rows = []
     lookups: list[EventRecord] = []
+    cutoff = read_cutoff(conn, lock=True)
+    before = cutoff.isoformat() if cutoff is not None else ""  # ISO dates sort as text
+    expired = 0
     for event in events:
         if event.id in seen:
             continue
         seen.add(event.id)
-        rows.append(_row(event, book, days, seconds, received))
+        row = _row(event, book, days, seconds, received)
+        if row[-1] < before:
+            expired += 1  # its day's raw events are purged and its totals final
+            continue
+        rows.append(row)
         # One comparison for the common `provider` event; the rare estimated one is queued.
         if event.usage_source == "estimated" and event.generation_id is not None:
             lookups.append(event)
@@ -220,11 +227,31 @@ def insert_events(
             'week_start, model, "user", team, n',
             [(*g, 1) for g in {r[2:6] for r in rows}],
         )
-    else:
+    elif rows:
         inserted = _insert_postgres(conn, rows)  # marks its groups itself, server side
+    else:
+        inserted = 0
     if lookups:
         enqueue_lookups(conn, lookups, received_at, lookup_window)
-    return InsertResult(inserted, len(events) - inserted)
+    return InsertResult(inserted, len(events) - inserted - expired, expired)
+
+
+CUTOFF_KEY = "raw_cutoff"
+
+
+def read_cutoff(conn: Connection, *, lock: bool = False) -> date | None:
+    """The purge cutoff (meter.lifecycle.retention): raw events of local days before it are
+    purged or being purged, and their totals are final. None: nothing was ever purged.
+
+    `lock` (a writer, on PostgreSQL): hold a share lock on the cutoff's row until commit, so a
+    purge moving the cutoff waits for this transaction, and this one, if it comes second, reads
+    the moved cutoff. SQLite's BEGIN IMMEDIATE orders every writer already.
+    """
+    sql = f"SELECT value FROM meter_meta WHERE key = '{CUTOFF_KEY}'"
+    if lock and conn.dialect.name == "postgresql":
+        sql += " FOR SHARE"
+    value = conn.execute(sa.text(sql)).scalar()
+    return date.fromisoformat(value) if value else None
 
 
 def enqueue_lookups(

@@ -46,6 +46,7 @@ FSYNC_INTERVAL_S = 0.05
 class DrainStats:
     stored: int = 0
     duplicates: int = 0
+    expired: int = 0  # older than the server's purge cutoff: not stored, never counted
     skipped_lines: int = 0  # torn or corrupt lines, warned about
     rejected: int = 0  # events the store refused as invalid, warned about
     replayed_segments: int = 0
@@ -150,7 +151,11 @@ def _parse_into(
 
 
 def store_batch(
-    store: Store, events: list[EventRecord], raw: list[bytes], stats: DrainStats
+    store: Store,
+    events: list[EventRecord],
+    raw: list[bytes],
+    stats: DrainStats,
+    spool_dir: Path | None = None,
 ) -> InsertResult:
     """Store, and when the store refuses the data, split to find and skip the bad events only."""
     if not events:
@@ -163,11 +168,17 @@ def store_batch(
             log.warning("meter: the store refused event %s, skipped: %s", events[0].id, exc)
             return InsertResult(0, 0)
         half = len(events) // 2
-        a = store_batch(store, events[:half], raw[:half], stats)
-        b = store_batch(store, events[half:], raw[half:], stats)
-        return InsertResult(a.inserted + b.inserted, a.duplicates + b.duplicates)
+        a = store_batch(store, events[:half], raw[:half], stats, spool_dir)
+        b = store_batch(store, events[half:], raw[half:], stats, spool_dir)
+        return InsertResult(
+            a.inserted + b.inserted, a.duplicates + b.duplicates, a.expired + b.expired
+        )
     stats.stored += result.inserted
     stats.duplicates += result.duplicates
+    if result.expired:
+        stats.expired += result.expired
+        if spool_dir is not None:
+            segments.note_expired(spool_dir, result.expired)
     return result
 
 
@@ -336,7 +347,7 @@ class Drainer:
         )
         if batch.lines:
             parsed = parse_batch(batch.lines, adopted.path)
-            store_batch(self.store, parsed.events, parsed.raw, self.stats)
+            store_batch(self.store, parsed.events, parsed.raw, self.stats, self.writer.spool_dir)
             self.stats.skipped_lines += parsed.skipped
             adopted.offset = batch.end
             return True
@@ -357,7 +368,7 @@ class Drainer:
             if not batch.lines:
                 return False
             parsed = parse_own_batch(batch.lines, seg, offset, self.writer, self)
-            store_batch(self.store, parsed.events, parsed.raw, self.stats)
+            store_batch(self.store, parsed.events, parsed.raw, self.stats, self.writer.spool_dir)
             self.stats.skipped_lines += parsed.skipped
             self._advance(seg.seq, batch.end)
             return True
@@ -393,7 +404,7 @@ def replay_dead_segments(
                 if not batch.lines:
                     break
                 parsed = parse_batch(batch.lines, path)
-                store_batch(store, parsed.events, parsed.raw, stats)
+                store_batch(store, parsed.events, parsed.raw, stats, spool_dir)
                 stats.skipped_lines += parsed.skipped
                 if on_progress is not None:
                     on_progress(batch.end - adopted.offset)

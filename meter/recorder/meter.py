@@ -103,7 +103,9 @@ _OPTIONAL_COUNTS = ("cached_tokens", "reasoning_tokens", "latency_ms", "ttft_ms"
 @dataclass(frozen=True)
 class RecorderStats:
     """What this Recorder did so far: `dropped` events were lost to a full (or unwritable) spool;
-    `skipped_lines` were torn or corrupt spool lines; `rejected` events the store refused."""
+    `skipped_lines` were torn or corrupt spool lines; `rejected` events the store refused;
+    `expired` events were older than the store's purge cutoff (SPEC section 10): not stored,
+    since their days' totals are final."""
 
     spooled: int
     dropped: int
@@ -112,6 +114,7 @@ class RecorderStats:
     skipped_lines: int
     rejected: int
     replayed_segments: int
+    expired: int = 0
 
 
 class Recorder:
@@ -270,6 +273,7 @@ class Recorder:
             skipped_lines=d.skipped_lines,
             rejected=d.rejected,
             replayed_segments=d.replayed_segments,
+            expired=d.expired,
         )
 
     def close(self, timeout: float | None = CLOSE_FLUSH_S) -> None:

@@ -35,6 +35,32 @@ def owner_pid(path: Path) -> int | None:
         return None
 
 
+EXPIRED_LOG = "expired.log"
+
+
+def note_expired(spool_dir: Path, count: int) -> None:
+    """Add to the spool's count of events the store answered as expired (older than its purge
+    cutoff: not stored, never counted), shown by `meter spool status`. One short line each
+    time, appended (atomic for a line this short), by any process using the spool."""
+    line = f"{count}\n".encode()
+    try:
+        fd = os.open(spool_dir / EXPIRED_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+    except OSError:  # a count for people to read: never worth failing the drain
+        pass
+
+
+def expired_total(spool_dir: Path) -> int:
+    try:
+        text = (spool_dir / EXPIRED_LOG).read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return 0
+    return sum(int(n) for n in text.split() if n.isdigit())
+
+
 def list_segments(spool_dir: Path) -> list[Path]:
     """Every segment in the directory, oldest first (names start with their creation time)."""
     try:

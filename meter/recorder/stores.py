@@ -266,7 +266,10 @@ class HttpStore:
             self._warn.clear("down")
             self._warn.clear("auth")
             doc = response.json()
-            return InsertResult(int(doc["inserted"]), int(doc["duplicates"]))
+            # A server older than the purge (SPEC section 10) answers no `expired`.
+            return InsertResult(
+                int(doc["inserted"]), int(doc["duplicates"]), int(doc.get("expired", 0))
+            )
         detail = response.text[:300]
         if status in (413, 422):
             raise BatchRejected(f"HTTP {status}: {detail}")

@@ -19,7 +19,8 @@ Why it counts every committed event exactly once, whatever order writers commit 
 3. The chunk deletes exactly the marks it locked (on PostgreSQL in the statement that locks
    them), recomputes each of their groups from the raw events (a full recount, not an
    increment: idempotent, and a repriced event just changes the group's cost), and commits;
-   if it fails, the deletion is rolled back with the rest.
+   if it fails, the deletion is rolled back with the rest. Days before the purge cutoff are
+   the exception: final, never recounted, their rows kept (meter.lifecycle.retention).
 4. A writer whose events are not in our snapshot either (a) marked a group we did not lock (a
    new row, invisible to us, or outside this chunk): that mark survives for the next run; or
    (b) reaches its upsert while we hold the mark, or after we deleted it: it waits for our
@@ -53,6 +54,7 @@ from datetime import UTC, date, datetime
 
 import sqlalchemy as sa
 
+from meter.db.ledger import read_cutoff
 from meter.db.session import Database
 from meter.rollup import lease
 from meter.rollup import repository as repo
@@ -143,11 +145,14 @@ def rollup_chunk(db: Database, holder: str, chunk: Chunk, now: datetime) -> tupl
                 whole = taken >= WHOLE_RANGE_SHARE * existing
                 repo.drop_counted_holds(conn, chunk, whole)
                 tags = bool(repo.rolled_up_tag_keys(conn))
+                # Read after the marks are locked: a purge moves the cutoff only under the lease
+                # we hold, so it is the same for every statement of this chunk.
+                cutoff = read_cutoff(conn)
                 before = 0
                 if existing:  # else nothing is rolled up in this range yet: nothing to drop
                     before = repo.requests_in_scope(conn, chunk, whole)
-                    repo.delete_days(conn, chunk, whole, tags)
-                repo.write_days(conn, chunk, now, whole, tags)
+                    repo.delete_days(conn, chunk, whole, tags, cutoff)
+                repo.write_days(conn, chunk, now, whole, tags, cutoff)
                 if existing:
                     repo.delete_emptied(conn, chunk)
                 if whole:

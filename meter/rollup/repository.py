@@ -79,6 +79,8 @@ def _text(sql: str) -> sa.TextClause:
         binds.append(sa.bindparam("wl", type_=sa.Date()))
     if ":now" in sql:
         binds.append(sa.bindparam("now", type_=UTCDateTime()))
+    if ":cut" in sql:
+        binds.append(sa.bindparam("cut", type_=sa.Date()))
     return clause.bindparams(*binds) if binds else clause
 
 
@@ -289,22 +291,39 @@ _IN_KEY_ORDER = 'ORDER BY d.week_start, d.team, d."user", d.model'
 _DAY_GROUP = 'e.day, e.team, e."user", e.model, e.week_start'
 
 
-def delete_days(conn: Connection, chunk: Chunk, whole_range: bool, tags: bool) -> None:
-    """Drop the daily (and tag) rows the chunk recomputes: its whole range, or its groups'."""
+def _unfrozen(alias: str, cutoff: date | None) -> tuple[str, dict[str, Any]]:
+    """The days a chunk may recount: those from the purge cutoff on (all without a cutoff).
+
+    Days before the cutoff are final. Their raw events are purged, or being purged in batches
+    that may be committed between two statements of this chunk, so a recount would see some or
+    none of them; their rows are kept as they are, and the week above them stays the sum of its
+    days (meter.lifecycle.retention states the whole argument).
+    """
+    if cutoff is None:
+        return "", {}
+    return f" AND {alias}.day >= :cut", {"cut": cutoff}
+
+
+def delete_days(
+    conn: Connection, chunk: Chunk, whole_range: bool, tags: bool, cutoff: date | None = None
+) -> None:
+    """Drop the daily (and tag) rows the chunk recomputes: its whole range, or its groups',
+    from the purge cutoff on."""
     tables = ("daily_usage", "daily_tag_usage") if tags else ("daily_usage",)
     for table in tables:
+        live, cut = _unfrozen(table, cutoff)
         if whole_range:
             where, params = _range(table, chunk)
-            conn.execute(_text(f"DELETE FROM {table} WHERE {where}"), params)
+            conn.execute(_text(f"DELETE FROM {table} WHERE {where}{live}"), {**params, **cut})
             continue
         scope, params = _scope(conn, chunk)
         where, in_weeks = _week_range(table, chunk)
         conn.execute(
             _text(
-                f'DELETE FROM {table} WHERE {where} AND (week_start, team, "user", model) IN '
-                f'(SELECT k.week_start, k.team, k."user", k.model FROM {scope} k)'
+                f'DELETE FROM {table} WHERE {where}{live} AND (week_start, team, "user", model) '
+                f'IN (SELECT k.week_start, k.team, k."user", k.model FROM {scope} k)'
             ),
-            {**params, **in_weeks},
+            {**params, **in_weeks, **cut},
         )
 
 
@@ -325,11 +344,19 @@ def rolled_up_tag_keys(conn: Connection) -> list[str]:
 
 
 def write_days(
-    conn: Connection, chunk: Chunk, now: datetime, whole_range: bool, tags: bool
+    conn: Connection,
+    chunk: Chunk,
+    now: datetime,
+    whole_range: bool,
+    tags: bool,
+    cutoff: date | None = None,
 ) -> None:
     """Recompute the daily rows (and the rolled-up tags' rows) of the chunk's events, after
-    `delete_days`: one GROUP BY over the range's events, or over the locked groups'."""
+    `delete_days`: one GROUP BY over the range's events, or over the locked groups', from the
+    purge cutoff on."""
     joins, where, params = _events_in(conn, chunk, whole_range)
+    live, cut = _unfrozen("e", cutoff)
+    where, params = where + live, {**params, **cut}
     conn.execute(
         _text(
             f"INSERT INTO daily_usage ({DAILY_COLUMNS}) "

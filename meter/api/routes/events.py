@@ -161,6 +161,13 @@ class IngestRequest(BaseModel):
 class IngestResult(BaseModel):
     inserted: int = Field(description="Events stored by this request")
     duplicates: int = Field(description="Events whose id was already stored (or repeated)")
+    expired: int = Field(
+        0,
+        description=(
+            "Events older than the purge cutoff (whole local days whose raw events were purged): "
+            "not stored, since those days' totals are final"
+        ),
+    )
 
 
 def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
@@ -293,7 +300,9 @@ async def ingest_events(
     window = timedelta(seconds=settings.lookup_window_seconds)
     result = await run_in_threadpool(_store, db, records, window)
     EVENTS_INGESTED.inc(result.inserted)
-    return IngestResult(inserted=result.inserted, duplicates=result.duplicates)
+    return IngestResult(
+        inserted=result.inserted, duplicates=result.duplicates, expired=result.expired
+    )
 
 
 class EventOut(BaseModel):
