@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from meter.api.app import create_app
 from meter.cli import app
-from meter.db.ledger import read_cutoff
+from meter.db.ledger import insert_events, load_price_book, read_cutoff
 from meter.db.session import Database
 from meter.events import EventRecord
 from meter.lifecycle.retention import PurgeError, plan_purge, purge, target_cutoff
@@ -339,19 +339,25 @@ def test_the_cutoff_waits_for_the_rollup_and_never_moves_back(ny):
     assert r.exit_code == 2
 
 
-def test_a_pending_lookup_holds_the_cutoff_back(ny):
+def test_a_lookup_still_due_holds_the_cutoff_back_and_an_overdue_one_does_not(ny):
     db, _client, _events = ny
     today = datetime.now(NY).date()
-    day = today - timedelta(days=45)
-    pending = event(
-        occurred_at=datetime.combine(day, datetime.min.time(), NY) + timedelta(hours=3),
-        usage_source="estimated",
-        generation_id="gen-pending-1",
-    )
-    store(db, [pending])
+    day, older = today - timedelta(days=45), today - timedelta(days=50)
+
+    def estimated(on: date, generation: str) -> EventRecord:
+        return event(
+            occurred_at=datetime.combine(on, datetime.min.time(), NY) + timedelta(hours=3),
+            usage_source="estimated",
+            generation_id=generation,
+        )
+
+    with db.engine.begin() as conn:  # due for 60 days, and overdue (the default window)
+        insert_events(conn, [estimated(day, "gen-due")], load_price_book(conn), db.tz,
+                      lookup_window=timedelta(days=60))  # fmt: skip
+        insert_events(conn, [estimated(older, "gen-overdue")], load_price_book(conn), db.tz)
     result = purge(db, 30, actor="cli")
-    assert result.cutoff == day
+    assert (result.cutoff, plan_purge(db, 30).reason) == (day, "lookups")
     assert min(raw_days(db)) == day
     with db.engine.connect() as conn:
-        state = conn.execute(sa.text("SELECT state FROM generation_lookups")).scalars().all()
-    assert state == ["pending"]
+        rows = conn.execute(sa.text("SELECT generation_id, state FROM generation_lookups")).all()
+    assert [tuple(r) for r in rows] == [("gen-due", "pending")]

@@ -15,7 +15,7 @@ Why every answer is the same before and after a purge, and why nothing is lost o
    IMMEDIATE orders them the same way). No event of a day before the cutoff is stored after it
    moves, so a replayed spool of purged events cannot count them again.
 3. In that transaction, after the update, the cutoff is held back to the Monday of the oldest
-   week that still has a roll-up mark and to the oldest day with a pending generation lookup.
+   week that still has a roll-up mark and to the oldest day with a generation lookup still due.
    Every writer that read the old cutoff has committed by then, so its marks are seen: every
    day before the cutoff is rolled up, and no lookup will change one of its events any more.
 4. The roll-up never recounts a day before the cutoff (meter.rollup.repository._unfrozen): it
@@ -108,8 +108,9 @@ def _as_date(value: object) -> date:
     return value if isinstance(value, date) else date.fromisoformat(str(value))
 
 
-def _held_back(conn: sa.Connection, requested: date) -> tuple[date, str | None]:
-    """The requested cutoff held back to the oldest day not yet final (point 3 above)."""
+def _held_back(conn: sa.Connection, requested: date, now: datetime) -> tuple[date, str | None]:
+    """The requested cutoff held back to the oldest day not yet final (point 3 above). A lookup
+    past its deadline is given up, not waited for (without OPENROUTER_API_KEY none runs)."""
     cutoff, reason = requested, None
     oldest_mark = conn.execute(sa.text("SELECT MIN(week_start) FROM rollup_dirty")).scalar()
     if oldest_mark is not None and _as_date(oldest_mark) < cutoff:
@@ -117,8 +118,9 @@ def _held_back(conn: sa.Connection, requested: date) -> tuple[date, str | None]:
     oldest_lookup = conn.execute(
         sa.text(
             "SELECT MIN(e.day) FROM generation_lookups l JOIN events e ON e.id = l.event_id "
-            "WHERE l.state = 'pending'"
-        )
+            "WHERE l.state = 'pending' AND l.deadline_at > :now"
+        ).bindparams(sa.bindparam("now", type_=UTCDateTime())),
+        {"now": now},
     ).scalar()
     if oldest_lookup is not None and _as_date(oldest_lookup) < cutoff:
         cutoff, reason = _as_date(oldest_lookup), "lookups"
@@ -138,7 +140,7 @@ def _count_before(conn: sa.Connection, bound: datetime) -> int:
 
 
 def _plan(conn: sa.Connection, requested: date, tz: ZoneInfo) -> PurgePlan:
-    cutoff, reason = _held_back(conn, requested)
+    cutoff, reason = _held_back(conn, requested, datetime.now(UTC))
     old = read_cutoff(conn)
     if old is not None and old > cutoff:  # it never moves back
         cutoff, reason = old, "earlier purge"
@@ -185,16 +187,19 @@ def _delete_batch(db: Database, bound: datetime, size: int) -> int:
 
 
 def _drop_lookups(db: Database, bound: datetime) -> None:
-    """Finished generation lookups of the events about to go (pending ones hold the cutoff
-    back): driven from the lookups, a small table, with one probe of the events' key each."""
+    """The generation lookups of the events about to go: finished, or past their deadline
+    (lookups still due hold the cutoff back). Driven from the lookups, a small table, with one
+    probe of the events' key each."""
     with db.engine.begin() as conn:
         conn.execute(
             sa.text(
-                "DELETE FROM generation_lookups WHERE state <> 'pending' AND EXISTS "
-                "(SELECT 1 FROM events e WHERE e.id = generation_lookups.event_id "
+                "DELETE FROM generation_lookups WHERE (state <> 'pending' OR deadline_at <= :now) "
+                "AND EXISTS (SELECT 1 FROM events e WHERE e.id = generation_lookups.event_id "
                 "AND e.occurred_at < :b)"
-            ).bindparams(sa.bindparam("b", type_=UTCDateTime())),
-            {"b": bound},
+            ).bindparams(
+                sa.bindparam("b", type_=UTCDateTime()), sa.bindparam("now", type_=UTCDateTime())
+            ),
+            {"b": bound, "now": datetime.now(UTC)},
         )
 
 
