@@ -361,3 +361,29 @@ def test_a_lookup_still_due_holds_the_cutoff_back_and_an_overdue_one_does_not(ny
     with db.engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT generation_id, state FROM generation_lookups")).all()
     assert [tuple(r) for r in rows] == [("gen-due", "pending")]
+
+
+def test_the_scheduled_purge_runs_as_the_scheduler(ny):
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from meter.lifecycle.tasks import PURGE_JOB_ID, add_purge_job, purge_job
+
+    db, client, events = ny
+    scheduler = BackgroundScheduler()
+    add_purge_job(scheduler, db, get_settings(raw_retention_days=30))
+    assert scheduler.get_job(PURGE_JOB_ID).args == (db, 30)
+    off = BackgroundScheduler()
+    add_purge_job(off, db, get_settings())
+    assert off.get_job(PURGE_JOB_ID) is None
+    with pytest.raises(ValueError, match="raw_retention_days"):
+        get_settings(raw_retention_days=1)
+
+    purge_job(db, 30)
+    cutoff = datetime.now(NY).date() - timedelta(days=30)
+    gone = sum(1 for e in events if e.occurred_at.astimezone(NY).date() < cutoff)
+    entries = client.get("/v1/audit", params={"action": "purge.*"}).json()["entries"]
+    assert [(e["action"], e["actor"]) for e in entries] == [
+        ("purge.finish", "scheduler"),
+        ("purge.start", "scheduler"),
+    ]
+    assert entries[0]["details"] == {"cutoff": cutoff.isoformat(), "deleted": gone, "batches": 1}
