@@ -481,7 +481,11 @@ def test_events_posted_to_the_api_are_queued_with_the_servers_window(
         ]
     }
     with TestClient(create_app(settings, database, scheduler=False)) as c:
-        assert c.post("/v1/events", json=body).json() == {"inserted": 1, "duplicates": 0, "expired": 0}
+        assert c.post("/v1/events", json=body).json() == {
+            "inserted": 1,
+            "duplicates": 0,
+            "expired": 0,
+        }
     row = lookup_row(database, uuid.UUID(body["events"][0]["id"]))
     assert row is not None and row.state == "pending"
     assert row.deadline_at == occurred + timedelta(seconds=600)

@@ -69,7 +69,11 @@ def send_steadily(server: Server, ledger: Ledger, stop: threading.Event) -> None
                 ledger.bodies[ids[0]] = body
                 time.sleep(0.05)  # the server is down: do not spin
                 continue
-            if r.status_code == 200 and r.json() == {"inserted": BATCH, "duplicates": 0, "expired": 0}:
+            if r.status_code == 200 and r.json() == {
+                "inserted": BATCH,
+                "duplicates": 0,
+                "expired": 0,
+            }:
                 ledger.answered.append(ids)
             else:
                 ledger.odd_answers.append((r.status_code, r.text[:200]))
