@@ -131,6 +131,20 @@ def parse_period(kind: PeriodKind, label: str) -> Window:
     raise ValueError(f"unknown period {kind!r}: use day, week or month")
 
 
+def parse_any_period(label: str) -> Window:
+    """A label of any kind, told apart by its shape: 2026-11-30, 2026-W49 or 2026-11."""
+    label = label.strip()
+    if _DAY.match(label):
+        return parse_period("day", label)
+    if _MONTH.match(label):
+        return parse_period("month", label)
+    if "W" in label.upper():
+        return parse_period("week", label.upper())
+    raise ValueError(
+        f"{label!r} is not a period: use a day (2026-11-30), a week (2026-W49) or a month (2026-11)"
+    )
+
+
 def windows_between(first: Window, last: Window) -> list[Window]:
     """Every period from `first` to `last` inclusive (same kind), oldest first."""
     out = []

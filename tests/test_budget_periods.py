@@ -121,6 +121,15 @@ def test_a_monthly_budget_fires_once_a_month_and_rearms_the_next(ny):
     )  # fmt: skip
     body = client.get(f"/v1/budgets/{bid}").json()
     assert (body["period"], body["limit_usd"], body["weekly_limit_usd"]) == ("month", "1.1", None)
+    # GET /v1/alerts?period=: one period's alerts, of any kind of label.
+    by_month = client.get("/v1/alerts", params={"period": "2026-12"}).json()["alerts"]
+    assert [(a["period"], a["threshold"]) for a in by_month if a["type"] == CROSSED] == [
+        ("2026-12", "0.5")
+    ]
+    assert client.get("/v1/alerts", params={"period": "2026-W49"}).json()["alerts"] == []
+    assert client.get("/v1/alerts", params={"period": "2026-12-01"}).json()["alerts"] == []
+    r = client.get("/v1/alerts", params={"period": "December"})
+    assert r.status_code == 422 and "period" in r.text and "2026-W49" in r.text
 
 
 def test_a_daily_budget_rearms_each_local_day(ny):

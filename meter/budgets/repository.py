@@ -366,6 +366,7 @@ def list_alerts(
     *,
     budget_id: int | None = None,
     week_start: date | None = None,
+    period: tuple[str, date] | None = None,
     team: str | None = None,
     limit: int = 100,
 ) -> list[AlertRow]:
@@ -377,6 +378,8 @@ def list_alerts(
         query = query.where(A.budget_id == budget_id)
     if week_start is not None:  # a week's alerts: those of week budgets
         query = query.where(A.week_start == week_start, A.period == "week")
+    if period is not None:  # (kind, start): the alerts of that period's budgets
+        query = query.where(A.period == period[0], A.week_start == period[1])
     if team is not None:
         query = query.join(B, B.id == A.budget_id).where(B.scope == "team", B.subject == team)
     return [_alert(r) for r in conn.execute(query)]

@@ -16,6 +16,7 @@ from meter.budgets import repository as repo
 from meter.budgets.audit import alert_details
 from meter.budgets.schemas import AlertList, AlertOut
 from meter.budgets.service import alert_view
+from meter.periods import parse_any_period
 from meter.weeks import parse_week
 
 router = APIRouter(prefix="/v1", tags=["alerts"])
@@ -27,6 +28,13 @@ def list_alerts(
     db: DbDep,
     budget_id: int | None = None,
     week: Annotated[str | None, Query(description="YYYY-Www")] = None,
+    period: Annotated[
+        str | None,
+        Query(
+            description="a period's label: 2026-11-30 (day budgets' alerts), 2026-W49 (week) "
+            "or 2026-11 (month)"
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AlertList:
     """Alerts, newest first; a team-scoped key sees its team's budgets' alerts only."""
@@ -36,12 +44,23 @@ def list_alerts(
             week_start = parse_week(week).start
         except ValueError as exc:
             raise invalid(("query", "week"), str(exc)) from None
+    window = None
+    if period is not None:
+        try:
+            window = parse_any_period(period)
+        except ValueError as exc:
+            raise invalid(("query", "period"), str(exc)) from None
     with db.engine.connect() as conn:
         conn = conn.execution_options(readonly=True)
         if budget_id is not None and principal.team is not None:
             visible_budget(conn, budget_id, principal)
         alerts = repo.list_alerts(
-            conn, budget_id=budget_id, week_start=week_start, team=principal.team, limit=limit
+            conn,
+            budget_id=budget_id,
+            week_start=week_start,
+            period=(window.kind, window.start) if window is not None else None,
+            team=principal.team,
+            limit=limit,
         )
     return AlertList(alerts=[alert_view(a) for a in alerts])
 
