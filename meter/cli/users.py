@@ -34,8 +34,17 @@ def erase_cmd(
 
     check_user(user)  # before asking: a refused id is refused at once
     if not yes:
-        what = "delete every event of" if delete_events else "replace by a pseudonym the id of"
-        typer.confirm(f"This will {what} user {user!r}; it cannot be undone. Go on?", abort=True)
+        what = (
+            f"delete every event of user {user!r} (under that id and its pseudonym) and their "
+            "totals"
+            if delete_events
+            else f"replace user {user!r} by a pseudonym everywhere"
+        )
+        typer.confirm(
+            f"This will {what}, and delete the user's budgets and bound gateway keys; "
+            "it cannot be undone. Go on?",
+            abort=True,
+        )
     db = database()
     try:
         result = erase_user(db, user, actor=CLI, delete_events=delete_events)
