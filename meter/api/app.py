@@ -30,6 +30,7 @@ from meter.api.routes import (
     tags,
     teams,
     usage,
+    users,
 )
 from meter.budgets.delivery import DeliveryWorker
 from meter.db.session import Database
@@ -111,6 +112,7 @@ def create_app(
         budgets,
         alerts,
         tags,
+        users,
         audit,
         export,
         metrics,

@@ -18,6 +18,7 @@ from meter.cli import (  # noqa: F401  (each registers its commands)
     serve,
     spool,
     tags,
+    users,
 )
 from meter.cli._app import app
 

@@ -60,6 +60,7 @@ from meter.events import (
     EventRecord,
     InsertResult,
 )
+from meter.lifecycle.erasure import ERASED_PREFIX
 from meter.metrics import EVENTS_INGESTED
 
 router = APIRouter(tags=["events"])
@@ -236,6 +237,16 @@ def _records(batch: IngestRequest, team_scope: str | None) -> list[EventRecord]:
                 {"type": "value_error", "loc": ("body", "events", i, "occurred_at"), "msg": msg}
             )
             continue
+        if e.user is not None and e.user.startswith(ERASED_PREFIX):
+            errors.append(
+                {
+                    "type": "value_error",
+                    "loc": ("body", "events", i, "user"),
+                    "msg": f"must not start with {ERASED_PREFIX!r}: such ids are the "
+                    "pseudonyms of erased users",
+                }
+            )
+            continue
         team = e.team
         if team_scope is not None:
             if team is None:
@@ -287,7 +298,8 @@ def _store(db: Database, records: list[EventRecord], lookup_window: timedelta) -
         "1 to 10,000 events, stored atomically: one invalid event rejects the batch (422 naming "
         "it, e.g. `events[3].occurred_at`). Idempotent by `id`: an id already stored, or repeated "
         "in the batch, counts as a duplicate. Costs are computed from the price book. A key "
-        "scoped to a team may only send that team's events; events without a team get it."
+        "scoped to a team may only send that team's events; events without a team get it. "
+        "A user id starting with `erased-` (an erased user's pseudonym) is refused."
     ),
     openapi_extra=_INGEST_OPENAPI,
     responses={**AUTH_ERRORS, 413: {"model": Problem, "description": "Body over 8 MiB"}},
