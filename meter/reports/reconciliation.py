@@ -64,8 +64,11 @@ def reconciliation(
     period: str | None = "week",
     first: str | None = None,
     last: str | None = None,
+    team: str | None = None,
     now: datetime | None = None,
 ) -> Reconciliation:
+    """Rows per period and model over periods `first`..`last` (default: the last few up to the
+    current one); `team`: only that team's events (what a team-scoped key may see)."""
     kind = parse_kind(period or "week")
     end = parse_label(kind, last, "to") if last is not None else None
     if end is None:
@@ -93,7 +96,11 @@ def reconciliation(
                 sa.func.sum(D.c.estimated),
                 sa.func.sum(D.c.reconciled),
             )
-            .where(D.c.day >= start.start, D.c.day <= end.last_day)
+            .where(
+                D.c.day >= start.start,
+                D.c.day <= end.last_day,
+                *((D.c.team == team,) if team is not None else ()),
+            )
             .group_by(begin, D.c.model)
         ).all()
         pending_start = period_start_column(conn, E, kind).label("period_start")
@@ -102,7 +109,12 @@ def reconciliation(
             for r in conn.execute(
                 sa.select(pending_start, E.c.model, sa.func.count())
                 .select_from(L.join(E, E.c.id == L.c.event_id))
-                .where(L.c.state == "pending", E.c.day >= start.start, E.c.day <= end.last_day)
+                .where(
+                    L.c.state == "pending",
+                    E.c.day >= start.start,
+                    E.c.day <= end.last_day,
+                    *((E.c.team == team,) if team is not None else ()),
+                )
                 .group_by(pending_start, E.c.model)
             )
         }
