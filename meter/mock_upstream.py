@@ -3,7 +3,9 @@
 It serves `POST /v1/chat/completions`, `/chat/completions` and legacy `/v1/completions`,
 `/completions`, streaming or not, with deterministic, realistic text, an `id`, and usage counted
 with the Mistral v1 tokenizer when `mistral-common` is installed (`meter.tokens` otherwise).
-`usage.cost` is computed from the seed price ($0.11 / $0.19 per 1M tokens) for any model.
+`usage.cost` is exact, at the model's price in the catalogue `GET /models` answers (below) when
+it lists the model at a fixed price, at the seed price ($0.11 / $0.19 per 1M tokens) otherwise:
+a catalogue listing a model above meter's price makes the provider's costs drift from meter's.
 Streams start with an `: OPENROUTER PROCESSING` comment; usage comes in a last chunk with empty
 `choices`, only when the request asks for it (`stream_options.include_usage`), as OpenAI does.
 
@@ -29,6 +31,7 @@ environment variable `METER_MOCK_BEHAVIOR` / `meter mock-upstream --behavior`), 
 
 `GET /models` (and `/v1/models`) answers `MockUpstream.catalogue`, OpenRouter's models list
 (`--catalogue FILE` for `meter mock-upstream`); by default one entry, the seed model at its price.
+It is also the price list the mock charges by.
 
 `NAME:N` misbehaves only on the first N identical requests (same behaviour and body), then
 answers normally: what a retry test needs. `X-Mock-Cached-Tokens` / `X-Mock-Reasoning-Tokens`
@@ -69,8 +72,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from meter._exceptions import InvalidPrice
 from meter.money import render_usd
-from meter.pricing import SEED_PRICE, cost_of
+from meter.pricing import SEED_PRICE, Price, cost_of, parse_openrouter_catalogue
 from meter.tokens import count_messages, count_prompt, count_text, message_text
 
 BEHAVIORS = (
@@ -150,6 +154,7 @@ class ServedGeneration:
     finish_reason: str
     streamed: bool
     served_at: float  # time.monotonic()
+    cost: str  # what the provider bills for it: `total_cost`, the text of a JSON number
 
 
 @dataclass
@@ -193,14 +198,28 @@ def reply_for(body: dict[str, Any]) -> Reply:
     return Reply(pieces, finish, prompt_tokens, count_text("".join(pieces)))
 
 
-def _cost_text(prompt_tokens: int, completion_tokens: int) -> str:
-    """The seed price's exact cost, as the text of a JSON number."""
-    return render_usd(cost_of(SEED_PRICE, prompt_tokens, completion_tokens).total_units) or "0"
+def provider_price(catalogue: dict[str, Any], model: str) -> Price:
+    """What the mock charges for `model`: its price in `catalogue` when listed there at a fixed
+    price meter can represent (not variable, conditional or malformed), the seed price otherwise."""
+    try:
+        entries = parse_openrouter_catalogue(catalogue)
+    except InvalidPrice:
+        return SEED_PRICE
+    for e in entries:
+        if e.model == model and e.input_units is not None and e.output_units is not None:
+            return Price(model, e.input_units, e.output_units, SEED_PRICE.effective_from)
+    return SEED_PRICE
 
 
-def _usage_json(reply: Reply, cached: int, reasoning: int, malformed: bool) -> str:
+def _cost_text(price: Price, prompt_tokens: int, completion_tokens: int) -> str:
+    """The exact cost at `price`, as the text of a JSON number."""
+    return render_usd(cost_of(price, prompt_tokens, completion_tokens).total_units) or "0"
+
+
+def _usage_json(reply: Reply, plan: _Plan, malformed: bool) -> str:
     """The usage object as JSON text: `cost` is written as an exact decimal number."""
-    cost = _cost_text(reply.prompt_tokens, reply.completion_tokens)
+    cost = _cost_text(plan.price, reply.prompt_tokens, reply.completion_tokens)
+    cached, reasoning = plan.cached, plan.reasoning
     prompt: Any = -reply.prompt_tokens if malformed else reply.prompt_tokens
     completion: Any = "many" if malformed else reply.completion_tokens
     doc = {
@@ -235,7 +254,7 @@ def generation_json(generation: ServedGeneration) -> str:
         "is_byok": False,
     }
     text = json.dumps({"data": data}, separators=(",", ":"))
-    return text.replace('"__COST__"', _cost_text(prompt, completion))
+    return text.replace('"__COST__"', generation.cost)
 
 
 @dataclass
@@ -245,6 +264,7 @@ class _Plan:
     delay: float
     cached: int
     reasoning: int
+    price: Price = SEED_PRICE  # what the request's model costs at this provider
 
 
 MODELS_ENTRY: dict[str, Any] = {
@@ -357,6 +377,7 @@ class MockUpstream:
         refusal = _refusal(plan)
         if refusal is not None:
             return refusal
+        plan.price = provider_price(self.catalogue, body["model"])
         if "slow" in plan.behaviors:
             await asyncio.sleep(plan.delay)
         chat = request.url.path.endswith("/chat/completions")
@@ -381,6 +402,7 @@ class MockUpstream:
             reply.finish_reason,
             stream,
             time.monotonic(),
+            _cost_text(plan.price, reply.prompt_tokens, reply.completion_tokens),
         )
         with self._lock:
             self.generations[gen_id] = generation
@@ -443,7 +465,7 @@ def _complete_body(head: dict[str, Any], reply: Reply, plan: _Plan, chat: bool) 
     if "no_usage" in b:
         out = out.replace(',"usage":"__USAGE__"', "")
     else:
-        usage = _usage_json(reply, plan.cached, plan.reasoning, "malformed_usage" in b)
+        usage = _usage_json(reply, plan, "malformed_usage" in b)
         out = out.replace('"__USAGE__"', usage)
     data = out.encode("utf-8", "surrogateescape")
     if "truncated" in b:
@@ -468,7 +490,7 @@ async def _stream(
     options = body.get("stream_options")
     wants_usage = isinstance(options, dict) and options.get("include_usage") is True
     wants_usage = wants_usage and "no_usage" not in b
-    usage = _usage_json(reply, plan.cached, plan.reasoning, "malformed_usage" in b)
+    usage = _usage_json(reply, plan, "malformed_usage" in b)
     fragmented = "fragmented" in b
     delay = plan.delay if "slow" in b else 0.0
 

@@ -4,7 +4,7 @@ no external URL, and money to the cent with the exact value on hover."""
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -13,8 +13,10 @@ from fastapi.testclient import TestClient
 from meter.api.app import create_app
 from meter.api.auth import create_key
 from meter.dashboard.chart import nice_step
-from meter.dashboard.display import percent, to_cents
+from meter.dashboard.display import drift, exact, percent, to_cents
+from meter.db.prices import add_price
 from meter.db.session import Database
+from meter.pricing import Price
 from meter.rollup import run_rollup
 from meter.settings import get_settings
 from meter.weeks import now_utc
@@ -215,7 +217,10 @@ def test_no_page_refers_to_another_origin(db: Database) -> None:
     with app_client(db) as client:
         pages = [client.get("/").text]
         log_in(client, keys["admin"])
-        pages += [client.get(p).text for p in ("/", "/?team=ads", "/users/org/bob", "/x/y")]
+        pages += [
+            client.get(p).text
+            for p in ("/", "/?team=ads", "/users/org/bob", "/reconciliation", "/x/y")
+        ]
         css = client.get("/dashboard.css")
         csp = client.get("/").headers["content-security-policy"]
     assert css.status_code == 200 and "url(" not in css.text and "@import" not in css.text
@@ -291,3 +296,148 @@ def test_percent_and_axis_steps() -> None:
     assert nice_step(Decimal("13.58")) == 5
     assert nice_step(Decimal("0.003")) == Decimal("0.001")
     assert nice_step(Decimal(0)) == Decimal("0.25")
+
+
+# -- provider truth: the reconciliation page ----------------------------------------------------
+
+LARGE = "acme/large"
+SEED = "mistralai/mistral-7b-instruct-v0.1"
+
+
+def reconciled(db: Database) -> dict[str, str]:
+    """Week 2026-W48 (the factory's day, 2026-11-24): the provider agrees with meter on the seed
+    model and bills team search 10 % more on the large one; a cancelled call of team ads waits
+    for its generation lookup. Returns keys by name."""
+    with db.engine.begin() as conn:
+        # $2.50 / $10 per 1M tokens: 1000 in + 100 out cost $0.0035
+        add_price(conn, Price(LARGE, 2_500_000, 10_000_000, datetime(2026, 1, 1, tzinfo=UTC)))
+    store(
+        db,
+        [
+            # 1000 x $0.11/1M + 500 x $0.19/1M = $0.000205, as the provider says
+            *(event(team="search", user="alice", prompt_tokens=1000, completion_tokens=500,
+                    provider_cost_usd="0.000205") for _ in range(3)),
+            *(event(team="search", user="alice", model=LARGE, prompt_tokens=1000,
+                    completion_tokens=100, provider_cost_usd="0.00385") for _ in range(2)),
+            event(team="ads", user="carol", model=LARGE, prompt_tokens=1000,
+                  completion_tokens=100, provider_cost_usd="0.0035"),
+            event(team="ads", user="carol", status="cancelled", usage_source="estimated",
+                  generation_id="gen-ads"),
+        ],
+    )  # fmt: skip
+    run_rollup(db)
+    with db.engine.begin() as conn:
+        return {
+            "admin": create_key(conn, "admin", None, "admin")[1],
+            "ads": create_key(conn, "read", "ads", "ads")[1],
+        }
+
+
+def table_rows(html: str) -> list[tuple[str, bool, list[str]]]:
+    """(model, marked as drifting, cell texts) of each row of the reconciliation table."""
+    rows = re.findall(r'<tr data-model="([^"]*)"( class="drifting")?>(.*?)</tr>', html, re.S)
+    return [
+        (model, bool(marked), [re.sub(r"<[^>]+>", "", c).strip() for c in
+                               re.findall(r"<td[^>]*>(.*?)</td>", body, re.S)])
+        for model, marked, body in rows
+    ]  # fmt: skip
+
+
+def test_the_reconciliation_page_shows_the_drift_per_model(db: Database) -> None:
+    keys = reconciled(db)
+    with app_client(db) as client:
+        log_in(client, keys["admin"])
+        page = client.get("/reconciliation?period=week&at=2026-W48")
+        api_rows = client.get(
+            "/v1/reconciliation",
+            params={"from": "2026-W48", "to": "2026-W48"},
+            headers={"Authorization": f"Bearer {keys['admin']}"},
+        ).json()["rows"]
+    assert page.status_code == 200
+    html = page.text
+    assert table_rows(html) == [
+        (LARGE, True, ["acme/large", "3", "3", "$0.0105", "$0.0112", "-$0.0007", "0", "0", "0"]),
+        (SEED, False, [SEED, "4", "3", "$0.000615", "$0.000615", "$0", "1", "0", "1"]),
+    ]
+    # the API's exact strings, the drift marked and signed
+    assert [(r["model"], r["drift_usd"]) for r in api_rows] == [(LARGE, "-0.0007"), (SEED, "0")]
+    assert (
+        '<span class="drift under" data-usd="-0.0007" '
+        'title="the provider billed more than meter counts">-$0.0007</span>'
+    ) in html
+    assert '<span class="money exact" data-usd="0.0112">$0.0112</span>' in html
+    # the period at a glance: its total drift, on which model
+    tile = re.search(
+        r'<div class="tile drifting" id="total-drift">(.*?)</div>\s*</div>', html, re.S
+    )
+    assert tile is not None and 'data-usd="-0.0007"' in tile.group(1)
+    assert "on acme/large" in tile.group(1)
+    total = re.search(r'id="drift-total">(.*?)</th>', html, re.S)
+    assert total is not None and 'data-usd="-0.0007"' in total.group(1)
+    assert '<span class="money exact" data-usd="0.011115">$0.011115</span>' in html
+    assert '<span class="money exact" data-usd="0.011815">$0.011815</span>' in html
+    assert re.search(r'id="lookups-pending">1<', html)
+    # the period switch and the neighbours
+    assert 'href="/reconciliation?period=week&amp;at=2026-W47"' in html
+    assert 'href="/reconciliation?period=week&amp;at=2026-W49"' in html
+    assert 'href="/reconciliation?period=month" class="active"' not in html
+
+
+def test_the_reconciliation_page_by_day_and_by_month(db: Database) -> None:
+    keys = reconciled(db)
+    with app_client(db) as client:
+        log_in(client, keys["admin"])
+        day = client.get("/reconciliation?period=day&at=2026-11-24").text
+        other_day = client.get("/reconciliation?period=day&at=2026-11-25").text
+        month = client.get("/reconciliation?period=month&at=2026-11").text
+        bad_kind = client.get("/reconciliation?period=year")
+        bad_label = client.get("/reconciliation?period=week&at=2026-W99")
+    expected = [(LARGE, True, "-$0.0007"), (SEED, False, "$0")]
+    assert [(m, marked, cells[5]) for m, marked, cells in table_rows(day)] == expected
+    assert [(m, marked, cells[5]) for m, marked, cells in table_rows(month)] == expected
+    assert 'href="/reconciliation?period=month" class="active" aria-current="page"' in month
+    assert "(2026-11-01 to 2026-11-30)" in month and "(2026-11-24)" in day
+    assert table_rows(other_day) == [] and "No usage in 2026-11-25." in other_day
+    assert bad_kind.status_code == 422 and "must be day, week or month" in bad_kind.text
+    assert bad_label.status_code == 422 and "at: " in bad_label.text
+
+
+def test_a_team_scoped_key_reconciles_only_its_team(db: Database) -> None:
+    keys = reconciled(db)
+    with app_client(db) as client:
+        log_in(client, keys["ads"])
+        html = client.get("/reconciliation?period=week&at=2026-W48").text
+    assert table_rows(html) == [
+        (LARGE, False, ["acme/large", "1", "1", "$0.0035", "$0.0035", "$0", "0", "0", "0"]),
+        (SEED, False, [SEED, "1", "0", "no provider cost", "1", "0", "1"]),
+    ]
+    assert "Only team ads's usage is shown" in html
+    assert "0.0007" not in html and "search" not in html
+
+
+def test_without_a_session_the_reconciliation_page_sends_to_the_login(db: Database) -> None:
+    reconciled(db)
+    with app_client(db) as client:
+        response = client.get("/reconciliation", follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == "/"
+
+
+@pytest.mark.parametrize(
+    ("usd", "html"),
+    [
+        ("-0.0007", '<span class="drift under" data-usd="-0.0007" '
+                    'title="the provider billed more than meter counts">-$0.0007</span>'),
+        ("1234.5", '<span class="drift over" data-usd="1234.5" '
+                   'title="meter counts more than the provider billed">+$1,234.5</span>'),
+        ("0", '<span class="drift zero" data-usd="0">$0</span>'),
+    ],
+)  # fmt: skip
+def test_a_drift_is_exact_and_signed(usd: str, html: str) -> None:
+    assert drift(usd) == html
+
+
+def test_exact_money_keeps_every_digit() -> None:
+    assert (
+        exact("0.00000011") == '<span class="money exact" data-usd="0.00000011">$0.00000011</span>'
+    )
+    assert exact("-12345.6") == '<span class="money exact" data-usd="-12345.6">-$12,345.6</span>'

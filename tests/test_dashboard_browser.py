@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,9 @@ import pytest
 from meter.api.app import create_app
 from meter.api.auth import create_key
 from meter.cli.demo import serving
+from meter.db.prices import add_price
 from meter.db.session import open_database
+from meter.pricing import Price
 from meter.rollup import run_rollup
 from meter.settings import get_settings
 from meter.weeks import now_utc
@@ -27,6 +29,7 @@ from tests.test_rollup_helpers import store
 
 pytestmark = pytest.mark.browser
 
+LARGE = "acme/large"  # $2.50 / $10 per 1M tokens; the provider bills 10 % more
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -42,11 +45,21 @@ def require_chromium() -> None:
 
 @pytest.fixture
 def server(db_url: str) -> Iterator[dict[str, Any]]:
-    """A seeded meter server: two teams over several weeks, rolled up, with a budget."""
+    """A seeded meter server: two teams over several weeks, rolled up, with a budget; a third
+    team's calls this week carry the provider's cost, 10 % above meter's on one model."""
     settings = get_settings(database_url=db_url)
     db = open_database(settings, upgrade=False)
+    with db.engine.begin() as conn:
+        add_price(conn, Price(LARGE, 2_500_000, 10_000_000, datetime(2026, 1, 1, tzinfo=UTC)))
     now = now_utc()
-    events = []
+    events = [
+        # meter: 1000 x $2.50/1M + 100 x $10/1M = $0.0035; the provider: $0.00385
+        *(event(occurred_at=now, user="dora", team="research", model=LARGE, prompt_tokens=1000,
+                completion_tokens=100, provider_cost_usd="0.00385") for _ in range(2)),
+        # the provider agrees: 1000 x $0.11/1M + 500 x $0.19/1M = $0.000205
+        event(occurred_at=now, user="dora", team="research", prompt_tokens=1000,
+              completion_tokens=500, provider_cost_usd="0.000205"),
+    ]  # fmt: skip
     for weeks_ago in range(6):
         at = now - timedelta(days=7 * weeks_ago)
         events += [
@@ -207,6 +220,38 @@ def test_the_dashboard_in_chromium(server: dict[str, Any], browser: Any, backend
         page.click("#csv")
     assert Path(download.value.path()).read_bytes() == by_api.content
     page.screenshot(path=str(ARTIFACTS / f"dashboard-user-{backend}.png"), full_page=True)
+
+    # provider truth this week: the drift of the one model the provider bills 10 % more
+    page.click("a.reconciliation-link")
+    page.wait_for_selector("#reconciliation")
+    week = summary["weeks"][-1]["week"]
+    rows = api.get("/v1/reconciliation", params={"from": week, "to": week}).json()["rows"]
+    assert [(r["model"], r["drift_usd"]) for r in rows] == [
+        (LARGE, "-0.0007"),
+        ("mistralai/mistral-7b-instruct-v0.1", "0"),
+    ]
+    assert page.locator("nav.weeks b").inner_text() == week
+    large = page.locator(f'#reconciliation tr[data-model="{LARGE}"]')
+    assert large.get_attribute("class") == "drifting"
+    assert large.locator(".drift").inner_text() == "-$0.0007"
+    assert large.locator(".drift").get_attribute("class") == "drift under"
+    assert large.locator(".drift").get_attribute("data-usd") == rows[0]["drift_usd"]
+    assert large.locator("td.cost").inner_text() == "$0.007"
+    assert large.locator("td.provider").inner_text() == "$0.0077"
+    seed = page.locator('#reconciliation tr[data-model="mistralai/mistral-7b-instruct-v0.1"]')
+    assert seed.get_attribute("class") is None
+    assert seed.locator(".drift").inner_text() == "$0"
+    assert page.locator("#total-drift .drift").inner_text() == "-$0.0007"
+    assert "on acme/large" in page.locator("#total-drift").inner_text()
+    # the drift stands out: its colour is not the zero drift's
+    colour = "el => getComputedStyle(el).color"
+    assert large.locator(".drift").evaluate(colour) != seed.locator(".drift").evaluate(colour)
+    page.screenshot(path=str(ARTIFACTS / f"dashboard-reconciliation-{backend}.png"), full_page=True)
+    page.click("nav.kinds a:text('Month')")
+    page.wait_for_selector("nav.kinds a.active:text('Month')")
+    assert page.locator(f'#reconciliation tr[data-model="{LARGE}"] .drift').inner_text() == (
+        "-$0.0007"
+    )
     context.close()
 
 
@@ -221,4 +266,10 @@ def test_a_team_scoped_key_sees_only_its_team_in_chromium(
     response = page.goto(url + "/?team=search")
     assert response.status == 403
     assert "cannot see team search" in page.locator(".error").inner_text()
+    # provider truth: team ads's own calls only, none of which carried a provider cost
+    page.goto(url + "/reconciliation")
+    assert page.locator("#reconciliation tbody tr").evaluate_all(
+        "rows => rows.map(r => r.dataset.model)"
+    ) == ["mistralai/mistral-7b-instruct-v0.1"]
+    assert page.locator("#total-drift .drift").inner_text() == "$0"
     page.close()

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 DEMO_TIMEOUT_S = 120
@@ -51,6 +52,21 @@ def test_meter_demo_runs_offline_and_leaves_nothing_behind(tmp_path: Path) -> No
     url = re.search(r"Dashboard\s+(http://127\.0\.0\.1:\d+/)", out)
     assert url is not None
     assert re.search(r"admin key\s+mtr_[A-Za-z0-9_-]{43}", out)
+    # provider truth: the mock bills the large model 10 % above meter's price, the rest at it
+    drifts = dict(
+        (m[0], [Decimal(v) for v in m[2:]])
+        for m in re.findall(
+            r"│ (\S+)\s+│\s+([\d,]+) │\s+([\d.]+) │\s+([\d.]+) │\s+(-?[\d.]+) │", out
+        )
+    )
+    assert sorted(drifts) == ["demo/large-model", "mistralai/mistral-7b-instruct-v0.1"]
+    cost, provider, drift = drifts["demo/large-model"]
+    assert cost > 0 and provider == cost * Decimal("1.1") and drift == cost - provider
+    assert drift == -cost / 10 and drift < 0
+    cost, provider, drift = drifts["mistralai/mistral-7b-instruct-v0.1"]
+    assert cost > 0 and provider == cost and drift == 0
+    assert re.search(rf"drift\s+{re.escape(url.group(1))}reconciliation", out)
+    assert "meter report reconcile" in out
     assert "its temporary files are removed" in out
     # nothing left behind: the temporary directory, spool included, is gone
     assert list(scratch.iterdir()) == []

@@ -301,3 +301,38 @@ def test_the_command_takes_a_generation_delay() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+# -- what the mock charges ---------------------------------------------------------------------
+
+
+def test_the_mock_charges_each_model_its_catalogue_price_and_the_seed_price_otherwise() -> None:
+    catalogue = {
+        "data": [
+            # 10 % above $2.50 / $10 per 1M tokens
+            {"id": "acme/large", "pricing": {"prompt": "0.00000275", "completion": "0.000011"}},
+            {"id": "acme/variable", "pricing": {"prompt": "-1", "completion": "-1"}},
+        ]
+    }
+    with running(MockUpstream(catalogue=catalogue)) as (_, url), httpx.Client(base_url=url) as c:
+
+        def cost(model: str, stream: bool = False) -> tuple[Decimal, bytes]:
+            body = {"model": model, "messages": HELLO}
+            if not stream:
+                r = c.post("/chat/completions", json=body)
+                return json.loads(r.content, parse_float=Decimal)["usage"]["cost"], r.content
+            body |= {"stream": True, "stream_options": {"include_usage": True}}
+            raw = c.post("/chat/completions", json=body).content
+            last = json.loads(payloads(raw)[-2], parse_float=Decimal)
+            return last["usage"]["cost"], raw
+
+        # 9 x $2.75/1M + 51 x $11/1M, exactly, streamed or not, and in the generation lookup
+        large, raw = cost("acme/large")
+        assert large == Decimal("0.00058575") and b'"cost":0.00058575,' in raw
+        assert cost("acme/large", stream=True)[0] == Decimal("0.00058575")
+        gen_id = json.loads(raw)["id"]
+        found = json.loads(c.get("/generation", params={"id": gen_id}).content, parse_float=Decimal)
+        assert found["data"]["total_cost"] == Decimal("0.00058575")
+        # not listed, or listed at a variable price: the seed price
+        assert cost("acme/variable")[0] == cost("other/model")[0] == Decimal(HELLO_COST)
+        assert cost(MODEL)[0] == Decimal(HELLO_COST)

@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 from typer.testing import CliRunner
 
+from meter.api.auth import create_key
 from meter.cli import app
 from meter.db.ledger import insert_events, load_price_book
 from meter.db.session import Database
@@ -120,3 +121,41 @@ def test_cli_prints_the_apis_json(db: Database, db_url: str, monkeypatch) -> Non
         app, ["report", "reconcile", "--from", "2026-W48", "--to", "2026-W48"]
     )
     assert table.exit_code == 0 and "$-0.0007" in table.output
+
+
+def test_a_team_scoped_key_reconciles_its_own_team_only(db: Database) -> None:
+    seed(db)  # events without a team
+    ads = [
+        event(model=LARGE, team="ads", prompt_tokens=1000, completion_tokens=100,
+              provider_cost_usd="0.0035"),
+        event(team="ads", status="cancelled", usage_source="estimated", generation_id="gen-ads"),
+    ]  # fmt: skip
+    with db.engine.begin() as conn:
+        insert_events(conn, ads, load_price_book(conn), db.tz)
+        admin_key = create_key(conn, "admin", None, "admin")[1]
+        ads_key = create_key(conn, "read", "ads", "ads")[1]
+    run_rollup(db)
+
+    def rows(key: str) -> list[tuple[str, int, int, str, str, str, int, int]]:
+        r = api(db).get(
+            "/v1/reconciliation",
+            params={"from": "2026-W48", "to": "2026-W48"},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert r.status_code == 200, r.text
+        return [
+            (row["model"], row["events"], row["events_with_provider_cost"], row["cost_usd"],
+             row["provider_cost_usd"], row["drift_usd"], row["estimated"],
+             row["lookups_pending"])
+            for row in r.json()["rows"]
+        ]  # fmt: skip
+
+    seed_model = "mistralai/mistral-7b-instruct-v0.1"
+    assert rows(ads_key) == [
+        (LARGE, 1, 1, "0.0035", "0.0035", "0", 0, 0),
+        (seed_model, 1, 0, "0", "0", "0", 1, 1),
+    ]
+    assert rows(admin_key) == [
+        (LARGE, 3, 3, "0.0105", "0.0112", "-0.0007", 0, 0),
+        (seed_model, 6, 3, "0.000615", "0.000615", "0", 2, 2),
+    ]

@@ -4,6 +4,8 @@ A mock upstream, the meter server and a webhook receiver run in this process on 
 ports. Metered calls (streaming and not, several teams and users) go through MeteredClient to the
 mock; the roll-up runs; a team budget is created under its first threshold, more traffic pushes
 the team over it, and the roll-up fires the alert, which the server delivers to the receiver.
+The mock bills every call (`usage.cost`) at meter's price except on the large model, where its
+catalogue lists 10 % more: the reconciliation shows that drift, on that model only.
 Nothing needs the network or an API key; the webhook host allowance is set for this process only.
 """
 
@@ -34,6 +36,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from meter.cli._app import app, console, friendly_errors
+from meter.money import format_decimal, render_usd
 from meter.pricing import SEED_MODEL
 from meter.weeks import load_timezone, week_of
 
@@ -41,6 +44,9 @@ if TYPE_CHECKING:
     from meter import Meter
 
 DEMO_MODEL = "demo/large-model"  # a made-up model with a made-up price, to give real-ish bills
+DEMO_INPUT_UNITS = 3_000_000  # $3 per 1M input tokens (units of 1e-12 USD per token)
+DEMO_OUTPUT_UNITS = 15_000_000  # $15 per 1M output tokens
+PROVIDER_MARKUP = Decimal("1.1")  # what the mock upstream bills for DEMO_MODEL, against meter
 TEAMS: dict[str, tuple[str, ...]] = {
     "search": ("alice", "bob", "org/carol"),
     "ads": ("dave", "erin"),
@@ -132,6 +138,23 @@ class WebhookReceiver:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+def provider_catalogue() -> dict[str, Any]:
+    """The mock upstream's models list, which is also what it bills by: the seed model at its
+    price, and DEMO_MODEL 10 % above meter's price for it."""
+    from meter.mock_upstream import MODELS_ENTRY
+
+    def per_token(units: int) -> str:  # units of 1e-12 USD a token -> USD a token, as text
+        return render_usd(int(Decimal(units) * PROVIDER_MARKUP)) or "0"  # exact: 3.3M units
+
+    return {"data": [dict(MODELS_ENTRY), {
+        "id": DEMO_MODEL,
+        "name": "Demo: Large Model",
+        "context_length": 32_768,
+        "pricing": {"prompt": per_token(DEMO_INPUT_UNITS),
+                    "completion": per_token(DEMO_OUTPUT_UNITS)},
+    }]}  # fmt: skip
 
 
 # -- traffic ------------------------------------------------------------------------------------
@@ -280,7 +303,7 @@ def _run(workdir: Path, stack: contextlib.ExitStack, calls: int, exit_after: boo
     from meter.db.prices import add_price
     from meter.db.session import open_database
     from meter.keys import create_key
-    from meter.mock_upstream import running
+    from meter.mock_upstream import MockUpstream, running
     from meter.pricing import Price
     from meter.rollup import run_rollup
     from meter.settings import get_settings
@@ -302,8 +325,8 @@ def _run(workdir: Path, stack: contextlib.ExitStack, calls: int, exit_after: boo
             conn,
             Price(
                 DEMO_MODEL,
-                input_units=3_000_000,  # $3 per 1M input tokens (units of 1e-12 USD per token)
-                output_units=15_000_000,  # $15 per 1M output tokens
+                input_units=DEMO_INPUT_UNITS,
+                output_units=DEMO_OUTPUT_UNITS,
                 effective_from=datetime(2023, 1, 1, tzinfo=UTC),
                 context_length=32_768,
             ),
@@ -313,7 +336,7 @@ def _run(workdir: Path, stack: contextlib.ExitStack, calls: int, exit_after: boo
     console.print(f"database    {workdir / 'meter.db'} (temporary)")
 
     receiver = stack.enter_context(WebhookReceiver())
-    _mock, upstream_url = stack.enter_context(running())
+    _mock, upstream_url = stack.enter_context(running(MockUpstream(catalogue=provider_catalogue())))
     server_url = stack.enter_context(serving(create_app(settings, db, scheduler=False)))
     console.print(f"upstream    {upstream_url} (mock, OpenAI-compatible)")
     console.print(f"meter       {server_url}")
@@ -378,11 +401,16 @@ def _run(workdir: Path, stack: contextlib.ExitStack, calls: int, exit_after: boo
     alerts = _wait_for_deliveries(api)
 
     _print_summary(api, alerts)
+    _print_reconciliation(api)
     console.print(
         Panel.fit(
             f"[bold]Dashboard[/]  {server_url}/\n"
             f"admin key   [bold]{admin_key}[/]\n"
-            f"read key    {ads_key}  (team ads only)",
+            f"read key    {ads_key}  (team ads only)\n"
+            f"drift       {server_url}/reconciliation  (the provider bills {DEMO_MODEL} "
+            "10 % above meter's price)\n"
+            "            or, while the demo serves: meter report reconcile, with\n"
+            f"            METER_DATABASE_URL={settings.database_url}",
             title="log in",
             border_style="green",
         )
@@ -443,3 +471,30 @@ def _print_summary(api: httpx.Client, alerts: list[dict[str, Any]]) -> None:
             str(a["delivery"]["attempts"]),
         )
     console.print(alert_table)
+
+
+def _print_reconciliation(api: httpx.Client) -> None:
+    """meter's cost against the provider's per model over the last 12 weeks: the API's rows for
+    each week, added up exactly (only the live calls carry a provider cost)."""
+    rows = api.get("/v1/reconciliation").raise_for_status().json()["rows"]
+    per_model: dict[str, list[Any]] = {}
+    for row in rows:
+        totals = per_model.setdefault(row["model"], [0, Decimal(0), Decimal(0), Decimal(0)])
+        totals[0] += row["events_with_provider_cost"]
+        totals[1] += Decimal(row["cost_usd"])
+        totals[2] += Decimal(row["provider_cost_usd"])
+        totals[3] += Decimal(row["drift_usd"])
+    table = Table(title="Provider truth, last 12 weeks (from GET /v1/reconciliation)")
+    table.add_column("model")
+    for column in ("with provider cost", "meter (USD)", "provider (USD)", "drift (USD)"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for model in sorted(per_model):
+        events, cost, provider, drift = per_model[model]
+        table.add_row(
+            model,
+            f"{events:,}",
+            format_decimal(cost),
+            format_decimal(provider),
+            f"[bold red]{format_decimal(drift)}[/]" if drift else "0",
+        )
+    console.print(table)

@@ -15,7 +15,8 @@ _HELP = (
     "It answers POST /v1/chat/completions, /chat/completions, /v1/completions and /completions, "
     "and GET /v1/models (the seed model in OpenRouter's catalogue shape), "
     "streaming or not, with deterministic text and usage counted with the Mistral v1 tokenizer "
-    "when mistral-common is installed; usage.cost follows the seed price. Point a client at "
+    "when mistral-common is installed; usage.cost is at the model's price in the models list "
+    "(the seed price for a model it does not list at a fixed price). Point a client at "
     "base_url=http://127.0.0.1:8001/v1 (any API key). Requests seen: GET /mock/requests.\n\n"
     "Make it misbehave per request with the header X-Mock-Behavior (comma-separated; NAME:N "
     f"only on the first N identical requests), or for every request with --behavior or "
@@ -34,7 +35,8 @@ _HELP = (
     "--generation-delay seconds after it was served, then its native token counts and "
     "total_cost (the same as its usage.cost); unknown ids stay 404.\n\n"
     "--catalogue FILE replaces the models list GET /v1/models and /models answer (a JSON "
-    "object with a `data` list, e.g. to try `meter prices sync`)."
+    "object with a `data` list, e.g. to try `meter prices sync`), and so the prices it "
+    "charges: list a model above meter's price to see a drift in `meter report reconcile`."
 )
 
 

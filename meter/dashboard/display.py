@@ -34,6 +34,33 @@ def money(usd: str | None) -> Markup:
     )
 
 
+def exact(usd: str) -> Markup:
+    """A money cell shown exactly, not to the cent (a drift is often a fraction of a cent)."""
+    value = Decimal(usd)
+    sign = "-" if value < 0 else ""
+    return Markup('<span class="money exact" data-usd="{0}">{1}${2}</span>').format(
+        usd, sign, format(abs(value), ",f")
+    )
+
+
+def drift(usd: str) -> Markup:
+    """meter's cost minus the provider's, exactly and signed; class `drift over` (meter counts
+    more than the provider billed) or `drift under` (the provider billed more), `drift zero`."""
+    value = Decimal(usd)
+    if value == 0:
+        return Markup('<span class="drift zero" data-usd="{0}">$0</span>').format(usd)
+    over = value > 0
+    return Markup('<span class="drift {0}" data-usd="{1}" title="{2}">{3}${4}</span>').format(
+        "over" if over else "under",
+        usd,
+        "meter counts more than the provider billed"
+        if over
+        else "the provider billed more than meter counts",
+        "+" if over else "-",
+        format(abs(value), ",f"),
+    )
+
+
 def count(value: int) -> str:
     return f"{value:,}"
 

@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from meter import __version__
-from meter.dashboard.display import count, moment, money, percent
+from meter.dashboard.display import count, drift, exact, moment, money, percent
 
 # The pages need no script at all, and load only their own stylesheet: a CSP this strict also
 # proves, in every browser, that nothing is fetched from a CDN.
@@ -48,7 +48,13 @@ def environment() -> Environment:
         lstrip_blocks=True,
     )
     env.globals.update(
-        money=money, count=count, percent=percent, moment=moment, version=__version__
+        money=money,
+        exact=exact,
+        drift=drift,
+        count=count,
+        percent=percent,
+        moment=moment,
+        version=__version__,
     )
     return env
 

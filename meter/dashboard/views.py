@@ -15,9 +15,11 @@ from meter.budgets.service import alert_view
 from meter.dashboard.chart import Bar, budget_gauge, weekly_spend_chart
 from meter.db.session import Database
 from meter.money import render_usd, usd_to_units
-from meter.periods import local_date, parse_period, window_at, windows_between
+from meter.periods import local_date, parse_period, window_at, window_of, windows_between
 from meter.reports import team_summary, user_report, weekly_usage
 from meter.reports.period_service import billing_report, usage
+from meter.reports.ranges import parse_kind, parse_label
+from meter.reports.reconciliation import Reconciliation, ReconciliationRow, reconciliation
 from meter.reports.schemas import BillingReport, TeamSummary, TeamWeek, UserReport
 from meter.reports.service import DEFAULT_WEEKS, this_week
 from meter.weeks import now_utc, parse_week
@@ -232,4 +234,58 @@ def user_page(
         report=report,
         previous_week=shown.previous().label,
         next_week=shown.next().label if shown < current else None,
+    )
+
+
+@dataclass(frozen=True)
+class ReconciliationPage:
+    report: Reconciliation  # the API's rows for one period
+    period: str  # day | week | month
+    label: str  # the period shown
+    first_day: str
+    last_day: str
+    previous: str
+    next: str | None  # None: the period shown is the current one (or later)
+    cost_usd: str  # the rows together, exact
+    provider_cost_usd: str
+    drift_usd: str
+    events_with_provider_cost: int
+    lookups_pending: int
+    drifting: list[ReconciliationRow]  # the models whose drift is not zero
+
+
+def reconciliation_page(
+    db: Database,
+    period: str | None,
+    at: str | None,
+    team: str | None,
+    now: datetime | None = None,
+) -> ReconciliationPage:
+    """meter's cost against the provider's, by model, for one day, week or month (default: the
+    current week), as `GET /v1/reconciliation` answers it (`team`: what a team-scoped key sees)."""
+    kind = parse_kind(period or "week")
+    current = window_of(kind, now or now_utc(), db.tz)
+    shown = parse_label(kind, at, "at") if at else current
+    report = reconciliation(
+        db, period=kind, first=shown.label, last=shown.label, team=team, now=now
+    )
+
+    def total(usd: list[str]) -> str:
+        return render_usd(sum(usd_to_units(Decimal(u)) for u in usd)) or "0"
+
+    rows = report.rows
+    return ReconciliationPage(
+        report=report,
+        period=kind,
+        label=shown.label,
+        first_day=shown.start.isoformat(),
+        last_day=shown.last_day.isoformat(),
+        previous=shown.previous().label,
+        next=shown.next().label if shown < current else None,
+        cost_usd=total([r.cost_usd for r in rows]),
+        provider_cost_usd=total([r.provider_cost_usd for r in rows]),
+        drift_usd=total([r.drift_usd for r in rows]),
+        events_with_provider_cost=sum(r.events_with_provider_cost for r in rows),
+        lookups_pending=sum(r.lookups_pending for r in rows),
+        drifting=[r for r in rows if Decimal(r.drift_usd) != 0],
     )

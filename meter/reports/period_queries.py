@@ -30,7 +30,9 @@ class PeriodTotals:
     totals: Totals
 
 
-def _period_start(conn: Connection, table: sa.Table, kind: PeriodKind) -> sa.ColumnElement[Any]:
+def period_start_column(
+    conn: Connection, table: sa.Table, kind: PeriodKind
+) -> sa.ColumnElement[Any]:
     """The column that names a row's period: its day, its Monday, or its month's first day."""
     if kind == "day":
         return table.c.day
@@ -41,7 +43,8 @@ def _period_start(conn: Connection, table: sa.Table, kind: PeriodKind) -> sa.Col
     return sa.func.substr(table.c.day, 1, 7)  # SQLite stores dates as text: YYYY-MM
 
 
-def _as_start(kind: PeriodKind, value: Any) -> date:
+def period_start_date(kind: PeriodKind, value: Any) -> date:
+    """A period start as the database returns it (a date, or SQLite's text) as a date."""
     if isinstance(value, date):
         return value
     text = str(value)
@@ -95,7 +98,7 @@ def _grouped(
     group_by: Sequence[str],
     tag_key: str | None = None,
 ) -> list[PeriodTotals]:
-    start = _period_start(conn, table, kind).label("period_start")
+    start = period_start_column(conn, table, kind).label("period_start")
     dims = [table.c[d] for d in DIMENSIONS if d in group_by]
     keys: list[sa.ColumnElement[Any]] = [start, *dims]
     if tag_key is not None:
@@ -114,7 +117,7 @@ def _grouped(
         m = row._mapping
         out.append(
             PeriodTotals(
-                period_start=_as_start(kind, m["period_start"]),
+                period_start=period_start_date(kind, m["period_start"]),
                 team=m["team"] if "team" in group_by else None,
                 user=m["user"] if "user" in group_by else None,
                 model=m["model"] if "model" in group_by else None,

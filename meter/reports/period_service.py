@@ -20,7 +20,7 @@ from meter.reports.schemas import (
     PeriodUsageRow,
     TaggedPeriodUsageRow,
 )
-from meter.reports.service import _as_of, _blank_is_none, _costs
+from meter.reports.service import _blank_is_none, _costs, rollup_as_of
 from meter.tags.repository import list_keys
 from meter.weeks import now_utc
 
@@ -87,7 +87,7 @@ def usage(
                 f"`meter tags add {tag_key}` (it is then counted from the raw events kept)",
                 "group_by",
             )
-        as_of = _as_of(conn)
+        as_of = rollup_as_of(conn)
         found = pq.period_totals(
             conn,
             kind,
@@ -140,7 +140,7 @@ def billing_report(
     per (user, team), most expensive first; and the (team, user, model) lines behind it."""
     span = date_range(db, week=week, month=month, first=first, last=last, default="month", now=now)
     with reading(db) as conn:
-        as_of = _as_of(conn)
+        as_of = rollup_as_of(conn)
         lines = pq.billing_lines(conn, span.first, span.last, team)
     per_entry: dict[tuple[str, str], Totals] = {}
     for t, u, _model, totals in lines:

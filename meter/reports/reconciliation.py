@@ -17,11 +17,11 @@ from meter.db import models
 from meter.db.session import Database
 from meter.money import render_usd
 from meter.periods import window_at, window_of, windows_back
-from meter.reports.period_queries import _as_start, _period_start
+from meter.reports.period_queries import period_start_column, period_start_date
 from meter.reports.period_service import DEFAULT_COUNT
 from meter.reports.queries import reading
 from meter.reports.ranges import MAX_DAYS, parse_kind, parse_label
-from meter.reports.service import _as_of
+from meter.reports.service import rollup_as_of
 from meter.weeks import now_utc
 
 D: sa.Table = models.DailyUsage.__table__  # type: ignore[assignment]
@@ -64,8 +64,11 @@ def reconciliation(
     period: str | None = "week",
     first: str | None = None,
     last: str | None = None,
+    team: str | None = None,
     now: datetime | None = None,
 ) -> Reconciliation:
+    """Rows per period and model over periods `first`..`last` (default: the last few up to the
+    current one); `team`: only that team's events (what a team-scoped key may see)."""
     kind = parse_kind(period or "week")
     end = parse_label(kind, last, "to") if last is not None else None
     if end is None:
@@ -80,8 +83,8 @@ def reconciliation(
     if (end.end - start.start).days > MAX_DAYS:
         raise InvalidRequest(f"from: at most {MAX_DAYS} days in one answer", "from")
     with reading(db) as conn:
-        as_of = _as_of(conn)
-        begin = _period_start(conn, D, kind).label("period_start")
+        as_of = rollup_as_of(conn)
+        begin = period_start_column(conn, D, kind).label("period_start")
         rows = conn.execute(
             sa.select(
                 begin,
@@ -93,22 +96,31 @@ def reconciliation(
                 sa.func.sum(D.c.estimated),
                 sa.func.sum(D.c.reconciled),
             )
-            .where(D.c.day >= start.start, D.c.day <= end.last_day)
+            .where(
+                D.c.day >= start.start,
+                D.c.day <= end.last_day,
+                *((D.c.team == team,) if team is not None else ()),
+            )
             .group_by(begin, D.c.model)
         ).all()
-        pending_start = _period_start(conn, E, kind).label("period_start")
+        pending_start = period_start_column(conn, E, kind).label("period_start")
         pending = {
-            (_as_start(kind, r[0]), r[1]): int(r[2])
+            (period_start_date(kind, r[0]), r[1]): int(r[2])
             for r in conn.execute(
                 sa.select(pending_start, E.c.model, sa.func.count())
                 .select_from(L.join(E, E.c.id == L.c.event_id))
-                .where(L.c.state == "pending", E.c.day >= start.start, E.c.day <= end.last_day)
+                .where(
+                    L.c.state == "pending",
+                    E.c.day >= start.start,
+                    E.c.day <= end.last_day,
+                    *((E.c.team == team,) if team is not None else ()),
+                )
                 .group_by(pending_start, E.c.model)
             )
         }
     out = []
-    for r in sorted(rows, key=lambda r: (_as_start(kind, r[0]), r[1])):
-        day = _as_start(kind, r[0])
+    for r in sorted(rows, key=lambda r: (period_start_date(kind, r[0]), r[1])):
+        day = period_start_date(kind, r[0])
         window = window_at(kind, day)
         cost = _units(r[4], r[5])
         provider = _units(r[6], r[7])

@@ -88,7 +88,8 @@ def _costs(t: Totals) -> tuple[str | None, str | None, str | None]:
     return render_usd(t.input_units), render_usd(t.output_units), render_usd(t.cost_units)
 
 
-def _as_of(conn: Connection) -> str | None:
+def rollup_as_of(conn: Connection) -> str | None:
+    """When the roll-up last ran (RFC 3339 UTC), the `as_of` of every report; None: never."""
     moment = last_run_at(conn)
     return format_timestamp(moment) if moment is not None else None
 
@@ -111,7 +112,7 @@ def weekly_usage(
     dims = parse_group_by(group_by)
     start, end = week_range(db, first, last, now)
     with queries.reading(db) as conn:
-        as_of = _as_of(conn)
+        as_of = rollup_as_of(conn)
         found = queries.weekly_totals(
             conn, start.start, end.start, team=team, user=user, model=model, group_by=dims
         )
@@ -159,7 +160,7 @@ def user_report(
     )
     target = span.window.week if span.window is not None else None
     with queries.reading(db) as conn:
-        as_of = _as_of(conn)
+        as_of = rollup_as_of(conn)
         if target is not None:
             found = queries.user_lines(conn, user, target.start, team)
         else:
@@ -209,7 +210,7 @@ def team_summary(
     current = this_week(db, now)
     span = weeks_back(current, weeks)
     with queries.reading(db) as conn:
-        as_of = _as_of(conn)
+        as_of = rollup_as_of(conn)
         per_week = queries.team_weeks(conn, team, span[0].start, current.start)
         users = queries.team_users(conn, team, current.start)
         budgets = budget_repo.list_budgets(conn, team=team)

@@ -1,5 +1,6 @@
 """The dashboard's HTTP side: `GET /` (the login page or a team), `POST /login`, `POST /logout`,
-`GET /users/{user}` and the stylesheet. What the pages show is built in meter.dashboard."""
+`GET /users/{user}`, `GET /billing`, `GET /reconciliation` and the stylesheet. What the pages
+show is built in meter.dashboard."""
 
 from __future__ import annotations
 
@@ -172,6 +173,41 @@ def billing(
         page=page,
         csv_url=f"/v1/reports/billing?month={page.month}&format=csv",
         csv_name=f"meter-billing-{page.month}.csv",
+        as_of=page.report.as_of,
+        chrome=_chrome(viewer, teams, scope),
+    )
+
+
+@router.get("/reconciliation")
+def reconciliation(
+    request: Request,
+    db: DbDep,
+    settings: SettingsDep,
+    period: str | None = None,
+    at: str | None = None,
+) -> Response:
+    """meter's cost against the provider's by model, for a day, week or month (default this
+    week): the rows of `GET /v1/reconciliation`, a drift marked."""
+    viewer = current_viewer(request, db, settings)
+    if viewer is None:
+        return _to_home()
+    scope = viewer.principal.team
+    teams = views.visible_teams(db, scope)
+    try:
+        page = views.reconciliation_page(db, period, at, scope)
+    except InvalidRequest as exc:
+        return _with_csrf(
+            request,
+            "message.html",
+            status_code=422,
+            heading="Bad period",
+            message=str(exc),
+            chrome=_chrome(viewer, teams, None),
+        )
+    return _with_csrf(
+        request,
+        "reconciliation.html",
+        page=page,
         as_of=page.report.as_of,
         chrome=_chrome(viewer, teams, scope),
     )

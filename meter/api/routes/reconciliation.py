@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from meter._exceptions import InvalidRequest
-from meter.api.auth import ReadPrincipal
+from meter.api.auth import ReadPrincipal, scoped_team
 from meter.api.deps import DbDep
 from meter.api.routes.usage import query_error
 from meter.reports.reconciliation import Reconciliation, reconciliation
@@ -28,12 +28,19 @@ class ReconciliationQuery(BaseModel):
 
 @router.get("/v1/reconciliation", response_model=Reconciliation)
 def get_reconciliation(
-    db: DbDep, _reader: ReadPrincipal, q: Annotated[ReconciliationQuery, Query()]
+    db: DbDep, principal: ReadPrincipal, q: Annotated[ReconciliationQuery, Query()]
 ) -> Reconciliation:
     """Per period and model: meter's cost of the events that carry a provider cost, the sum of
     those provider costs, and the drift between them; estimated and reconciled events and the
-    generation lookups still pending. Read from the roll-up; money as exact decimal strings."""
+    generation lookups still pending. Read from the roll-up; money as exact decimal strings.
+    A team-scoped key sees its own team's events only."""
     try:
-        return reconciliation(db, period=q.period or "week", first=q.first, last=q.to)
+        return reconciliation(
+            db,
+            period=q.period or "week",
+            first=q.first,
+            last=q.to,
+            team=scoped_team(principal, None),
+        )
     except InvalidRequest as exc:
         raise query_error(exc) from None
