@@ -155,6 +155,10 @@ def parse_timestamp(text: str) -> datetime:
     return moment if moment.tzinfo is UTC else moment.astimezone(UTC)
 
 
+# An erased user's pseudonym starts so (meter.lifecycle.erasure); no event may carry one.
+ERASED_PREFIX = "erased-"
+
+
 @dataclass(frozen=True)
 class InsertResult:
     """What storing a batch of events did: rows inserted, events already stored (same id), and

@@ -626,3 +626,24 @@ def test_alert_payloads_and_audit_details_naming_her_are_rewritten(
         ("zoë", {"who": "zoë_%x"}),
         (pseudonym, {"who": [pseudonym, "zoë"], "n": 1}),
     ]
+
+
+def test_the_recorder_and_the_gateway_refuse_pseudonyms_too() -> None:
+    from meter._exceptions import InvalidRequest
+    from meter.gateway.request import parse_request
+    from meter.recorder.validate import build_event
+
+    rest = dict.fromkeys(
+        ("team", "occurred_at", "event_id", "tags", "cached_tokens", "reasoning_tokens",
+         "latency_ms", "ttft_ms", "generation_id", "provider_cost_usd")
+    )  # fmt: skip
+    call = {"model": "m/x", "prompt_tokens": 1, "completion_tokens": 1, "status": "ok",
+            "usage_source": "provider", **rest}  # fmt: skip
+    with pytest.raises(InvalidRequest, match="user: must not start with 'erased-'") as info:
+        build_event(user="erased-0a", **call)
+    assert info.value.param == "user"
+    assert build_event(user="erasedx", **call).user == "erasedx"
+    body = b'{"model": "m/x", "messages": [{"role": "user", "content": "hi"}], "user": "erased-1"}'
+    with pytest.raises(InvalidRequest, match="erased user") as info:
+        parse_request("chat", body, lambda _model: None)
+    assert info.value.param == "user"

@@ -15,7 +15,13 @@ from urllib.parse import unquote
 from meter._exceptions import InvalidRequest
 from meter.client._usage import loads
 from meter.client._validation import RANGES, check_context, check_messages, check_params
-from meter.events import MAX_NAME_LENGTH, MAX_TAG_KEY_LENGTH, MAX_TAG_VALUE_LENGTH, MAX_TAGS
+from meter.events import (
+    ERASED_PREFIX,
+    MAX_NAME_LENGTH,
+    MAX_TAG_KEY_LENGTH,
+    MAX_TAG_VALUE_LENGTH,
+    MAX_TAGS,
+)
 from meter.pricing import Price
 from meter.tokens import TEMPLATE_BOUND_PER_CHAT, messages_upper_bound
 
@@ -151,10 +157,16 @@ def parse_request(kind: str, raw: bytes, price_of: Callable[[str], Price | None]
         raise InvalidRequest(f"stream must be true or false (got {stream!r})", "stream")
     user = doc.get("user")
     if user is not None and (
-        not isinstance(user, str) or not user or len(user) > MAX_NAME_LENGTH or "\x00" in user
+        not isinstance(user, str)
+        or not user
+        or len(user) > MAX_NAME_LENGTH
+        or "\x00" in user
+        or user.startswith(ERASED_PREFIX)
     ):
         raise InvalidRequest(
-            f"user must be a non-empty string of at most {MAX_NAME_LENGTH} characters", "user"
+            f"user must be a non-empty string of at most {MAX_NAME_LENGTH} characters, not "
+            f"starting with {ERASED_PREFIX!r} (an erased user's pseudonym)",
+            "user",
         )
     max_tokens = doc.get("max_tokens") or doc.get("max_completion_tokens")
     if messages is not None:

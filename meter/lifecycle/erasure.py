@@ -43,10 +43,9 @@ from meter.budgets.repository import delete_budget
 from meter.db import models
 from meter.db.ledger import MARK_ORDER, mark_dirty
 from meter.db.session import Database
-from meter.events import MAX_NAME_LENGTH
+from meter.events import ERASED_PREFIX, MAX_NAME_LENGTH
 from meter.rollup import lease
 
-ERASED_PREFIX = "erased-"
 KEY_NAME = "erasure_key"  # meter_meta's row holding the HMAC key
 LEASE_WAIT_SECONDS = 30.0
 ACTION = "user.erase"

@@ -8,6 +8,7 @@ from decimal import Decimal, InvalidOperation
 
 from meter._exceptions import InvalidRequest
 from meter.events import (
+    ERASED_PREFIX,
     MAX_NAME_LENGTH,
     MAX_TAG_KEY_LENGTH,
     MAX_TAG_VALUE_LENGTH,
@@ -126,6 +127,21 @@ def _ok_count(value: object) -> bool:
     return type(value) is int and 0 <= value <= MAX_TOKENS_PER_EVENT
 
 
+def _ok_user(value: object) -> bool:
+    return _ok_name(value) and not value.startswith(ERASED_PREFIX)  # type: ignore[attr-defined]
+
+
+def _user(value: object) -> str | None:
+    """A user id, which may not be an erased user's pseudonym (SPEC section 10)."""
+    user = _name(value, "user", optional=True)
+    if user is not None and user.startswith(ERASED_PREFIX):
+        raise InvalidRequest(
+            f"user: must not start with {ERASED_PREFIX!r}: such ids are erased users' pseudonyms",
+            "user",
+        )
+    return user
+
+
 def _ok_name(value: object) -> bool:
     # The common case of `_name`, checked in one expression; anything else goes through `_name`
     # (which accepts it or raises naming the field). `not v.strip()` == `v == "" or v.isspace()`.
@@ -171,7 +187,7 @@ def build_event(
         model if _ok_name(model) else (_name(model, "model", optional=False) or ""),  # type: ignore[arg-type]
         prompt,
         completion,
-        user if user is None or _ok_name(user) else _name(user, "user", optional=True),  # type: ignore[arg-type]
+        user if user is None or _ok_user(user) else _user(user),  # type: ignore[arg-type]
         team if team is None or _ok_name(team) else _name(team, "team", optional=True),  # type: ignore[arg-type]
         None if tags is None else _tags(tags),
         status if status == "ok" and type(status) is str else _choice(status, "status", STATUSES),

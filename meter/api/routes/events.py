@@ -54,13 +54,13 @@ from meter.db import models
 from meter.db.ledger import insert_events, load_price_book
 from meter.db.session import Database
 from meter.events import (
+    ERASED_PREFIX,
     MAX_MILLIS,
     MAX_TAGS,
     MAX_TOKENS_PER_EVENT,
     EventRecord,
     InsertResult,
 )
-from meter.lifecycle.erasure import ERASED_PREFIX
 from meter.metrics import EVENTS_INGESTED
 
 router = APIRouter(tags=["events"])
