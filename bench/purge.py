@@ -117,7 +117,7 @@ def baseline_deletes(url: str) -> float:
         db.dispose()
 
 
-def ours(url: str, pause_ratio: float) -> tuple[float, int]:
+def ours(url: str, pause_ratio: float | None) -> tuple[float, int]:
     from meter.lifecycle.retention import purge
 
     db = open_db(url)
@@ -136,7 +136,7 @@ def ingest(url: str, payloads: list[bytes], during_purge: bool) -> tuple[float, 
         if not during_purge:
             return post_all(base_url, payloads, 2), False
         done = threading.Event()
-        thread = threading.Thread(target=lambda: (ours(url, 1.0), done.set()), daemon=True)
+        thread = threading.Thread(target=lambda: (ours(url, None), done.set()), daemon=True)
         thread.start()
         time.sleep(2.0)  # past the roll-up and the cutoff: into the deletes
         seconds = post_all(base_url, payloads, 2)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from meter.api.app import create_app
@@ -441,3 +442,35 @@ def test_exact_money_keeps_every_digit() -> None:
         exact("0.00000011") == '<span class="money exact" data-usd="0.00000011">$0.00000011</span>'
     )
     assert exact("-12345.6") == '<span class="money exact" data-usd="-12345.6">-$12,345.6</span>'
+
+
+def test_admins_see_the_latest_audit_entries_and_no_secret(db: Database) -> None:
+    keys = seeded(db)
+    admin = {"Authorization": f"Bearer {keys['admin']}"}
+    with app_client(db) as client:
+        made = client.post("/v1/keys", json={"role": "read", "name": "ci"}, headers=admin)
+        assert made.status_code == 201, made.text
+        budget = client.post(
+            "/v1/budgets",
+            json={"scope": "team", "subject": "search", "weekly_limit_usd": "5",
+                  "webhook_url": "https://hooks.example.com/m", "webhook_secret": "s3cret-abc"},
+            headers=admin,
+        )  # fmt: skip
+        assert budget.status_code == 201, budget.text
+        log_in(client, keys["admin"])
+        home = client.get("/")
+        page = client.get("/audit")
+        log_in(client, keys["read"])
+        refused = client.get("/audit")
+        read_home = client.get("/")
+    assert 'href="/audit"' in home.text and 'href="/audit"' not in read_home.text
+    assert page.status_code == 200
+    rows = re.findall(r'<tr id="audit-\d+">(.*?)</tr>', page.text, re.S)
+    actions = [re.search(r"<code>([a-z.]+)</code>", r).group(1) for r in rows]  # type: ignore[union-attr]
+    assert actions == ["budget.create", "key.create"]  # newest first
+    with db.engine.connect() as conn:
+        admin_id = conn.execute(sa.text("SELECT id FROM api_keys WHERE name = 'admin'")).scalar()
+    assert all(f"key:{admin_id}:admin" in r for r in rows)
+    assert "s3cret-abc" not in page.text and made.json()["key"] not in page.text
+    assert "&#34;has_webhook_secret&#34;: true" in page.text
+    assert refused.status_code == 403 and "Admins only" in refused.text

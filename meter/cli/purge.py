@@ -28,12 +28,13 @@ def purge(
     batch_size: int = typer.Option(
         10_000, min=1, help="Events deleted per transaction.", show_default=True
     ),
-    pause_ratio: float = typer.Option(
-        1.0,
+    pause_ratio: float | None = typer.Option(
+        None,
         min=0,
         help="Pause after each batch for this share of the time it took, so ingest keeps going "
-        "(0: no pauses).",
-        show_default=True,
+        "(0: no pauses; default 3 on SQLite, whose one write lock ingest shares, 1 on "
+        "PostgreSQL).",
+        show_default=False,
     ),
 ) -> None:
     """Delete the raw events of whole local days older than --older-than-days, once rolled up.

@@ -1,5 +1,6 @@
 """The dashboard's HTTP side: `GET /` (the login page or a team), `POST /login`, `POST /logout`,
-`GET /users/{user}`, `GET /billing`, `GET /reconciliation` and the stylesheet. What the pages
+`GET /users/{user}`, `GET /billing`, `GET /reconciliation`, `GET /audit` (admins) and the
+stylesheet. What the pages
 show is built in meter.dashboard."""
 
 from __future__ import annotations
@@ -210,6 +211,53 @@ def reconciliation(
         page=page,
         as_of=page.report.as_of,
         chrome=_chrome(viewer, teams, scope),
+    )
+
+
+AUDIT_ENTRIES = 50
+
+
+@router.get("/audit")
+def audit_log(request: Request, db: DbDep, settings: SettingsDep) -> Response:
+    """The latest entries of the audit log, for admins (others: 403): who changed what."""
+    import json
+
+    from meter.audit.repository import list_entries
+
+    viewer = current_viewer(request, db, settings)
+    if viewer is None:
+        return _to_home()
+    scope = viewer.principal.team
+    if viewer.principal.role != "admin":
+        return _with_csrf(
+            request,
+            "message.html",
+            status_code=403,
+            heading="Admins only",
+            message="The audit log is for admin keys. Log in with an admin key to see it.",
+            chrome=_chrome(viewer, views.visible_teams(db, scope), scope),
+        )
+    with db.engine.connect() as conn:
+        entries = list_entries(conn.execution_options(readonly=True), limit=AUDIT_ENTRIES)
+    rows = [
+        {
+            "id": e.id,
+            "at": e.at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+            "actor": e.actor,
+            "action": e.action,
+            "target": e.target or "",
+            "details": json.dumps(e.details, sort_keys=True, ensure_ascii=False)
+            if e.details
+            else "",
+        }
+        for e in entries
+    ]
+    return _with_csrf(
+        request,
+        "audit.html",
+        entries=rows,
+        limit=AUDIT_ENTRIES,
+        chrome=_chrome(viewer, views.visible_teams(db, scope), scope),
     )
 
 
