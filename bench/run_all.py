@@ -26,6 +26,7 @@ FULL = [
     ["bench.rollup"],  # includes the read path on the rolled-up 5M dataset
     ["bench.import_time"],
     ["bench.gateway"],
+    ["bench.purge"],
 ]
 QUICK = [
     ["bench.client_overhead", "--calls", "300", "--warmup", "30"],
@@ -35,6 +36,7 @@ QUICK = [
     ["bench.rollup", "--sizes", "20000,100000"],
     ["bench.import_time", "--runs", "3"],
     ["bench.gateway", "--quick"],
+    ["bench.purge", "--events", "50000", "--ingest-events", "20000"],
 ]
 
 
