@@ -544,3 +544,39 @@ def test_a_stream_cancelled_through_the_gateway_holds_its_worst_case_until_the_l
     run_rollup(database)
     assert hold(database, event_id) is None
     assert rolled_up(database) == expected_totals(database)
+
+
+def test_the_reconciliation_rows_follow_a_lookup_exactly(
+    upstream: tuple[MockUpstream, str],
+    lookup_mock: MockUpstream,
+    meter: Meter,
+    db_url: str,
+    database: Database,
+) -> None:
+    """SPEC section 9: a cancelled stream is estimated and pending; once its lookup reconciles
+    it, the week's row for its model counts it reconciled, with the provider's exact cost."""
+    from meter.reports.reconciliation import reconciliation
+
+    generation_id = cancelled_stream(upstream[1], meter)
+    event_id = event_id_of(database, generation_id)
+    estimate = stored_event(db_url, event_id)
+    run_rollup(database)
+    (before,) = reconciliation(database, period="week").rows
+    assert before.model == MODEL
+    assert (before.events, before.estimated, before.reconciled, before.lookups_pending) == (
+        1, 1, 0, 1,
+    )  # fmt: skip
+    assert (before.events_with_provider_cost, before.provider_cost_usd) == (0, "0")
+    assert estimate["completion_tokens"] < FULL_COMPLETION
+
+    summary = run_lookups(database, lookup_settings(db_url, upstream[1]), policy=QUICK)
+    assert summary.reconciled == 1
+    run_rollup(database)
+    (after,) = reconciliation(database, period="week").rows
+    assert (after.events, after.estimated, after.reconciled, after.lookups_pending) == (1, 0, 1, 0)
+    assert after.events_with_provider_cost == 1
+    # meter's cost of the provider's own counts, and the provider's cost: both 10,680,000 units.
+    assert (after.cost_usd, after.provider_cost_usd, after.drift_usd) == (
+        "0.00001068", "0.00001068", "0",
+    )  # fmt: skip
+    assert before.period == after.period
