@@ -125,7 +125,7 @@ _TOTALS_WIDTH = 10  # the columns of totals_columns()
 def totals_of(row: Any) -> Totals:
     """The Totals of a row whose last columns are `totals_columns()`, read by position: a
     billing report turns thousands of rows, and Row's lookups by name cost ~20x more."""
-    r, p, c, err, est, unp, in_hi, in_lo, out_hi, out_lo = tuple(row)[-_TOTALS_WIDTH:]
+    r, p, c, err, est, unp, in_hi, in_lo, out_hi, out_lo = row[-_TOTALS_WIDTH:]
     return Totals(
         requests=int(r or 0),
         prompt_tokens=int(p or 0),
