@@ -5,13 +5,17 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meter._exceptions import InvalidPrice
 from meter.money import (
+    format_decimal,
     per_million_to_units_per_token,
     per_token_to_units_per_token,
     render_usd,
     to_decimal,
+    units_to_usd,
     usd_to_units,
 )
 
@@ -63,3 +67,16 @@ def test_absurdly_large_amounts_are_refused_not_overflowed(huge: str):
         per_million_to_units_per_token(huge, "input_per_million_usd")
     with pytest.raises(InvalidPrice, match="too large"):
         usd_to_units(to_decimal(huge, "weekly_limit_usd"), "weekly_limit_usd")
+
+
+@given(st.integers(min_value=-(10**27), max_value=10**27))
+def test_the_integer_rendering_is_the_decimal_one(units: int) -> None:
+    assert render_usd(units) == format_decimal(units_to_usd(units))
+    assert Decimal(render_usd(units) or "0") == units_to_usd(units)
+
+
+def test_rendering_negative_and_whole_amounts() -> None:
+    assert render_usd(-700_000_000) == "-0.0007"
+    assert render_usd(-(10**12)) == "-1"
+    assert render_usd(123 * 10**12 + 1) == "123.000000000001"
+    assert render_usd(10**40) == "1" + "0" * 28  # exact beyond Decimal's 28 digits
