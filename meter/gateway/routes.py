@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,7 +32,7 @@ from meter.budgets.repository import BudgetRow
 from meter.client._record import Call
 from meter.db.session import Database
 from meter.gateway.errors import openai_error
-from meter.gateway.holds import BudgetGate, BudgetUnavailable, Claim
+from meter.gateway.holds import BudgetGate, BudgetUnavailable, Claim, Refusal
 from meter.gateway.proxy import (
     Recording,
     forward_plain,
@@ -41,9 +42,11 @@ from meter.gateway.proxy import (
     upstream_headers,
 )
 from meter.gateway.request import TAGS_HEADER, GatewayRequest, parse_request, parse_tags_header
+from meter.ids import uuid7
 from meter.keys import Principal, any_keys, principal_for_key
 from meter.metrics import GATEWAY_CALLS
 from meter.money import format_decimal
+from meter.pricing import Price
 from meter.settings import Settings
 
 log = logging.getLogger("meter.gateway")
@@ -182,12 +185,15 @@ async def _completions(request: Request, kind: str, path: str) -> Response:
         header_tags = parse_tags_header(request.headers.get(TAGS_HEADER))
     except InvalidRequest as exc:
         header_tags = exc
-    # One trip to a worker thread for the database: the key, then the budgets covering the
-    # call (a bad key is a 401 before a bad body is a 400).
-    admission = await anyio.to_thread.run_sync(_admission, request, gateway, req, header_tags)
+    # One trip to a worker thread for the database: the key, the budgets covering the call
+    # and, when one does, its reservation (a bad key is a 401 before a bad body is a 400).
+    event_id = uuid7()
+    admission = await anyio.to_thread.run_sync(
+        _admission, request, gateway, req, header_tags, event_id, occurred_at
+    )
     if isinstance(admission, Response):
         return admission
-    principal, tags, budgets = admission
+    principal, tags, budgets, reserved = admission
     if settings.openrouter_api_key is None:
         return _upstream_key_missing()
     if invalid is None and isinstance(tags, InvalidRequest):
@@ -206,8 +212,9 @@ async def _completions(request: Request, kind: str, path: str) -> Response:
         prompt=req.prompt,
         price=req.price,
         occurred_at=occurred_at,
+        event_id=event_id,
     )
-    claim = await _reserve(gateway, req, call, budgets)
+    claim = await _reserve(gateway, req, call, budgets, reserved)
     if isinstance(claim, Response):
         return claim
     recording = Recording(call, claim, gateway.gate)
@@ -223,26 +230,66 @@ async def _completions(request: Request, kind: str, path: str) -> Response:
 
 
 Tags = dict[str, str] | InvalidRequest | None
+# A reservation made in the admission's trip: the claim and its refusal (None: admitted), or
+# why the budget state could not be read.
+Reserved = tuple[Claim, Refusal | None] | BudgetUnavailable | None
 
 
 def _admission(
-    request: Request, gateway: Gateway, req: GatewayRequest | None, header_tags: Tags
-) -> Response | tuple[Principal, Tags, list[BudgetRow] | BudgetUnavailable]:
-    """(in a worker thread) The caller's key, then the enforced budgets covering the call.
+    request: Request,
+    gateway: Gateway,
+    req: GatewayRequest | None,
+    header_tags: Tags,
+    event_id: uuid.UUID,
+    occurred_at: datetime,
+) -> Response | tuple[Principal, Tags, list[BudgetRow] | BudgetUnavailable, Reserved]:
+    """(in a worker thread) The caller's key, then the enforced budgets covering the call,
+    then, when the call is valid and covered, its reservation: one trip for all three.
     Tags: the key's, else the X-Meter-Tags header's (a bad header matters only then)."""
     principal = _authenticate(request, gateway)
     if isinstance(principal, Response):
         return principal
     tags = principal.tags or header_tags
     if req is None or isinstance(tags, InvalidRequest):
-        return principal, tags, []
+        return principal, tags, [], None
+    user = principal.user or req.body_user
     try:
-        budgets: list[BudgetRow] | BudgetUnavailable = gateway.gate.covering(
-            principal.team, principal.user or req.body_user, tags
-        )
+        budgets = gateway.gate.covering(principal.team, user, tags)
     except BudgetUnavailable as exc:
-        budgets = exc
-    return principal, tags, budgets
+        return principal, tags, exc, None
+    reserved: Reserved = None
+    if (
+        budgets
+        and gateway.settings.openrouter_api_key is not None
+        and req.price is not None
+        and req.unbounded_param(req.price) is None
+    ):
+        claim = _claim(req, event_id, principal.team, user, tags, occurred_at, req.price)
+        try:
+            reserved = claim, gateway.gate.admit(claim, budgets)
+        except BudgetUnavailable as exc:
+            reserved = exc
+    return principal, tags, budgets, reserved
+
+
+def _claim(
+    req: GatewayRequest,
+    event_id: uuid.UUID,
+    team: str | None,
+    user: str | None,
+    tags: dict[str, str] | None,
+    occurred_at: datetime,
+    price: Price,
+) -> Claim:
+    return Claim(
+        event_id=event_id,
+        team=team,
+        user=user,
+        tags=tags,
+        model=req.model,
+        occurred_at=occurred_at,
+        worst_case_units=req.worst_case_units(price),
+    )
 
 
 async def _reserve(
@@ -250,9 +297,11 @@ async def _reserve(
     req: GatewayRequest,
     call: Call,
     budgets: list[BudgetRow] | BudgetUnavailable,
+    reserved: Reserved = None,
 ) -> Claim | Response | None:
     """The call's hold under the enforced budgets covering it: None when none covers it, a
-    Response when it is refused (402, 400 unbounded_cost, 503 budget_unavailable)."""
+    Response when it is refused (402, 400 unbounded_cost, 503 budget_unavailable). `reserved`:
+    the reservation the admission's trip made already."""
     fail_open = gateway.settings.gateway_fail_open
     if isinstance(budgets, BudgetUnavailable):
         return None if fail_open else _budget_unavailable(budgets)
@@ -275,19 +324,17 @@ async def _reserve(
             code="unbounded_cost",
         )
     assert call.price is not None
-    claim = Claim(
-        event_id=call.event_id,
-        team=call.team,
-        user=call.user,
-        tags=call.tags,
-        model=call.model,
-        occurred_at=call.occurred_at,
-        worst_case_units=req.worst_case_units(call.price),
-    )
-    try:
-        refusal = await anyio.to_thread.run_sync(gateway.gate.admit, claim, budgets)
-    except BudgetUnavailable as exc:
-        return None if fail_open else _budget_unavailable(exc)
+    if isinstance(reserved, BudgetUnavailable):
+        return None if fail_open else _budget_unavailable(reserved)
+    if reserved is not None:
+        claim, refusal = reserved
+    else:
+        claim = _claim(req, call.event_id, call.team, call.user, call.tags, call.occurred_at,
+                       call.price)  # fmt: skip
+        try:
+            refusal = await anyio.to_thread.run_sync(gateway.gate.admit, claim, budgets)
+        except BudgetUnavailable as exc:
+            return None if fail_open else _budget_unavailable(exc)
     if refusal is None:
         return claim
     GATEWAY_CALLS.labels("refused_budget").inc()
