@@ -77,13 +77,43 @@ def lock_budgets(conn: Connection, ids: Sequence[int]) -> None:
     ).all()
 
 
-def _hold_sum(states: tuple[str, ...], window: Window, now: datetime, where: Any) -> Any:
+def _hold_sum(states: tuple[str, ...], window: Window, where: Any) -> Any:
     query = sa.select(sa.func.coalesce(sa.func.sum(H.amount_units), 0)).where(
         H.day >= window.start, H.day < window.end, H.state.in_(states), where
     )
     if OPEN in states:
-        query = query.where(sa.or_(H.expires_at.is_(None), H.expires_at > now))
+        query = query.where(sa.or_(H.expires_at.is_(None), H.expires_at > _NOW))
     return query.scalar_subquery()
+
+
+_NOW = sa.bindparam("now", type_=models.UTCDateTime())
+# The admission's statement of each set of budgets and windows, built once and run with the
+# time: building it (4 subqueries a budget) and its cache key at every call was most of an
+# admission's CPU (py-spy, BENCHMARKS.md section 8). The windows are part of the key, so a new
+# day, week or month gets a statement of its own; the cache is emptied when it grows large.
+_STATES: dict[tuple[Any, ...], Any] = {}
+_STATES_MAX = 1024
+
+
+def _states_statement(budgets: Sequence[BudgetRow], windows: Sequence[Window]) -> Any:
+    key = tuple(
+        (b.id, b.scope, b.subject, w.kind, w.start, w.end)
+        for b, w in zip(budgets, windows, strict=True)
+    )
+    statement = _STATES.get(key)
+    if statement is None:
+        columns: list[Any] = [B.id, B.weekly_limit_units, B.enforce]
+        for b, window in zip(budgets, windows, strict=True):
+            columns += rollup_spend_subqueries(b, window)
+            in_holds = _in_holds(b)
+            columns.append(_hold_sum((SETTLED,), window, in_holds))
+            columns.append(_hold_sum((OPEN, HELD), window, in_holds))
+        ids = [b.id for b in budgets]
+        statement = sa.select(*columns).where(B.id.in_(ids)).order_by(B.id)
+        if len(_STATES) >= _STATES_MAX:
+            _STATES.clear()
+        _STATES[key] = statement
+    return statement
 
 
 def _in_holds(budget: BudgetRow) -> Any:
@@ -99,14 +129,7 @@ def budget_states(
     """Every budget's spend and open reservations in its window (its day, week or month), in
     ONE statement: one snapshot, so a roll-up committing meanwhile (moving a settled call's
     cost from its hold to the roll-up) is seen wholly or not at all, never twice or missed."""
-    columns: list[Any] = [B.id, B.weekly_limit_units, B.enforce]
-    for b, window in zip(budgets, windows, strict=True):
-        columns += rollup_spend_subqueries(b, window)
-        in_holds = _in_holds(b)
-        columns.append(_hold_sum((SETTLED,), window, now, in_holds))
-        columns.append(_hold_sum((OPEN, HELD), window, now, in_holds))
-    ids = [b.id for b in budgets]
-    rows = conn.execute(sa.select(*columns).where(B.id.in_(ids)).order_by(B.id)).all()
+    rows = conn.execute(_states_statement(budgets, windows), {"now": now}).all()
     by_id = {r[0]: r for r in rows}
     states = []
     for i, b in enumerate(budgets):
@@ -127,16 +150,20 @@ def budget_states(
     return states
 
 
+_INSERT_HOLD = sa.insert(H)
+_SETTLE = (
+    sa.update(H)
+    .where(H.event_id == sa.bindparam("hold"), H.state == OPEN)
+    .values(state=sa.bindparam("new_state"), amount_units=sa.bindparam("amount"), expires_at=None)
+)
+
+
 def insert_hold(conn: Connection, values: dict[str, Any]) -> None:
-    conn.execute(sa.insert(H).values(**values))
+    conn.execute(_INSERT_HOLD, values)
 
 
 def settle(conn: Connection, event_id: uuid.UUID, state: str, amount_units: int) -> None:
-    conn.execute(
-        sa.update(H)
-        .where(H.event_id == event_id, H.state == OPEN)
-        .values(state=state, amount_units=amount_units, expires_at=None)
-    )
+    conn.execute(_SETTLE, {"hold": event_id, "new_state": state, "amount": amount_units})
 
 
 def extend(conn: Connection, event_ids: Sequence[uuid.UUID], expires_at: datetime) -> None:
