@@ -223,6 +223,7 @@ def audit_log(request: Request, db: DbDep, settings: SettingsDep) -> Response:
     import json
 
     from meter.audit.repository import list_entries
+    from meter.reports.service import rollup_as_of
 
     viewer = current_viewer(request, db, settings)
     if viewer is None:
@@ -238,7 +239,9 @@ def audit_log(request: Request, db: DbDep, settings: SettingsDep) -> Response:
             chrome=_chrome(viewer, views.visible_teams(db, scope), scope),
         )
     with db.engine.connect() as conn:
-        entries = list_entries(conn.execution_options(readonly=True), limit=AUDIT_ENTRIES)
+        conn = conn.execution_options(readonly=True)
+        entries = list_entries(conn, limit=AUDIT_ENTRIES)
+        as_of = rollup_as_of(conn)
     rows = [
         {
             "id": e.id,
@@ -256,6 +259,7 @@ def audit_log(request: Request, db: DbDep, settings: SettingsDep) -> Response:
         request,
         "audit.html",
         entries=rows,
+        as_of=as_of,
         limit=AUDIT_ENTRIES,
         chrome=_chrome(viewer, views.visible_teams(db, scope), scope),
     )
