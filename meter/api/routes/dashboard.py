@@ -61,6 +61,20 @@ def login_page(request: Request, status_code: int = 200, error: str | None = Non
     return response
 
 
+def _message(
+    request: Request, status_code: int, heading: str, message: str, chrome: dict[str, object]
+) -> Response:
+    """A page that only says something: a refusal, a bad query, nothing to show yet."""
+    return _with_csrf(
+        request,
+        "message.html",
+        status_code=status_code,
+        heading=heading,
+        message=message,
+        chrome=chrome,
+    )
+
+
 def _to_home() -> RedirectResponse:
     return RedirectResponse("/", status_code=303)
 
@@ -83,24 +97,23 @@ def home(request: Request, db: DbDep, settings: SettingsDep, team: str | None = 
         return login_page(request)
     scope = viewer.principal.team
     if scope is not None and team is not None and team != scope:
-        return _with_csrf(
+        return _message(
             request,
-            "message.html",
-            status_code=403,
-            heading="Not your team",
-            message=f"This key is scoped to team {scope}; it cannot see team {team}.",
-            chrome=_chrome(viewer, [scope], scope),
+            403,
+            "Not your team",
+            f"This key is scoped to team {scope}; it cannot see team {team}.",
+            _chrome(viewer, [scope], scope),
         )
     teams = views.visible_teams(db, scope)
     chosen = team or scope or (teams[0] if teams else None)
     if chosen is None:
-        return _with_csrf(
+        return _message(
             request,
-            "message.html",
-            heading="No usage yet",
-            message="No team has usage in the last 12 weeks. Send metered calls, run "
+            200,
+            "No usage yet",
+            "No team has usage in the last 12 weeks. Send metered calls, run "
             "`meter rollup` (or wait for the scheduler), then reload.",
-            chrome=_chrome(viewer, teams, None),
+            _chrome(viewer, teams, None),
         )
     if chosen not in teams:
         teams = sorted([*teams, chosen])
@@ -127,13 +140,12 @@ def user_bill(
     try:
         page = views.user_page(db, user, week, scope)
     except InvalidRequest as exc:
-        return _with_csrf(
+        return _message(
             request,
-            "message.html",
-            status_code=422,
-            heading="Bad week",
-            message=str(exc),
-            chrome=_chrome(viewer, teams, None),
+            422,
+            "Bad week",
+            str(exc),
+            _chrome(viewer, teams, None),
         )
     csv_url = f"/v1/reports/users/{quote(user, safe='/')}?format=csv&week={page.report.week}"
     return _with_csrf(
@@ -160,13 +172,12 @@ def billing(
     try:
         page = views.billing_page(db, month, scope)
     except InvalidRequest as exc:
-        return _with_csrf(
+        return _message(
             request,
-            "message.html",
-            status_code=422,
-            heading="Bad month",
-            message=str(exc),
-            chrome=_chrome(viewer, teams, None),
+            422,
+            "Bad month",
+            str(exc),
+            _chrome(viewer, teams, None),
         )
     return _with_csrf(
         request,
@@ -197,13 +208,12 @@ def reconciliation(
     try:
         page = views.reconciliation_page(db, period, at, scope)
     except InvalidRequest as exc:
-        return _with_csrf(
+        return _message(
             request,
-            "message.html",
-            status_code=422,
-            heading="Bad period",
-            message=str(exc),
-            chrome=_chrome(viewer, teams, None),
+            422,
+            "Bad period",
+            str(exc),
+            _chrome(viewer, teams, None),
         )
     return _with_csrf(
         request,
@@ -230,13 +240,12 @@ def audit_log(request: Request, db: DbDep, settings: SettingsDep) -> Response:
         return _to_home()
     scope = viewer.principal.team
     if viewer.principal.role != "admin":
-        return _with_csrf(
+        return _message(
             request,
-            "message.html",
-            status_code=403,
-            heading="Admins only",
-            message="The audit log is for admin keys. Log in with an admin key to see it.",
-            chrome=_chrome(viewer, views.visible_teams(db, scope), scope),
+            403,
+            "Admins only",
+            "The audit log is for admin keys. Log in with an admin key to see it.",
+            _chrome(viewer, views.visible_teams(db, scope), scope),
         )
     with db.engine.connect() as conn:
         conn = conn.execution_options(readonly=True)
