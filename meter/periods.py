@@ -24,6 +24,11 @@ _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
+def as_date(value: object) -> date:
+    """A date as a database hands it back: a date (PostgreSQL) or its ISO text (SQLite)."""
+    return value if isinstance(value, date) else date.fromisoformat(str(value))
+
+
 def local_date(moment: datetime, tz: ZoneInfo) -> date:
     """The local calendar date of an aware moment."""
     if moment.tzinfo is None:

@@ -26,7 +26,7 @@ from meter.db import models
 from meter.events import EventRecord
 from meter.events import InsertResult as InsertResult  # defined there: the recorder needs no SQL
 from meter.money import provider_cost_to_units
-from meter.periods import window_of
+from meter.periods import as_date, window_of
 from meter.pricing import Price, PriceBook
 from meter.settings import DEFAULT_LOOKUP_WINDOW_SECONDS
 from meter.weeks import week_of
@@ -199,10 +199,11 @@ def insert_events(
     received = _utc_text(received_at)
     days = _DayCache(tz)
     seconds = _SecondCache()
-    seen: set[Any] = _erased_ids(conn, events)  # a replay of an erased event: a duplicate
+    cutoff, any_erased = _guards(conn)
+    # A replay of an event an erasure deleted is a duplicate.
+    seen: set[Any] = _erased_ids(conn, events) if any_erased else set()
     rows = []
     lookups: list[EventRecord] = []
-    cutoff = read_cutoff(conn, lock=True)
     before = cutoff.isoformat() if cutoff is not None else ""  # ISO dates sort as text
     expired = 0
     for event in events:
@@ -239,27 +240,38 @@ def insert_events(
 CUTOFF_KEY = "raw_cutoff"
 
 
-def read_cutoff(conn: Connection, *, lock: bool = False) -> date | None:
+def read_cutoff(conn: Connection) -> date | None:
     """The purge cutoff (meter.lifecycle.retention): raw events of local days before it are
-    purged or being purged, and their totals are final. None: nothing was ever purged.
-
-    `lock` (a writer, on PostgreSQL): hold a share lock on the cutoff's row until commit, so a
-    purge moving the cutoff waits for this transaction, and this one, if it comes second, reads
-    the moved cutoff. SQLite's BEGIN IMMEDIATE orders every writer already.
-    """
-    sql = f"SELECT value FROM meter_meta WHERE key = '{CUTOFF_KEY}'"
-    if lock and conn.dialect.name == "postgresql":
-        sql += " FOR SHARE"
-    value = conn.execute(sa.text(sql)).scalar()
+    purged or being purged, and their totals are final. None: nothing was ever purged."""
+    value = conn.execute(
+        sa.text(f"SELECT value FROM meter_meta WHERE key = '{CUTOFF_KEY}'")
+    ).scalar()
     return date.fromisoformat(value) if value else None
+
+
+def _guards(conn: Connection) -> tuple[date | None, bool]:
+    """What a writer checks its batch against, in one statement: the purge cutoff and whether
+    any erased event id exists at all (nearly never: then the batch's ids need no lookup).
+
+    On PostgreSQL the cutoff's row stays share-locked until commit, so a purge moving the
+    cutoff waits for this transaction, and this one, if it comes second, reads the moved
+    cutoff. SQLite's BEGIN IMMEDIATE orders every writer already."""
+    sql = (
+        "SELECT value, EXISTS (SELECT 1 FROM erased_events) FROM meter_meta "
+        f"WHERE key = '{CUTOFF_KEY}'"
+    )
+    if conn.dialect.name == "postgresql":
+        sql += " FOR SHARE OF meter_meta"
+    row = conn.execute(sa.text(sql)).first()
+    if row is None:  # no cutoff row (a schema before 0005 cannot reach here): look anyway
+        return None, True
+    return (date.fromisoformat(row[0]) if row[0] else None), bool(row[1])
 
 
 def _erased_ids(conn: Connection, events: Sequence[EventRecord]) -> set[Any]:
     """The batch's ids that a user's erasure deleted (SPEC section 10): they are never stored
-    again. One probe of the table, nearly always empty, before looking up the batch's ids."""
+    again."""
     erased = models.ErasedEvent
-    if conn.execute(sa.select(erased.id).limit(1)).first() is None:
-        return set()
     ids = list({e.id for e in events})
     if conn.dialect.name == "postgresql":
         found = conn.execute(
@@ -432,7 +444,7 @@ def mark_dirty(conn: Connection, groups: Iterable[tuple[Any, str, str, str]]) ->
     an existing mark is simply left as it is.
     """
     sqlite = conn.dialect.name == "sqlite"
-    ordered = sorted({(_as_date(w), t, u, m) for (w, t, u, m) in groups})
+    ordered = sorted({(as_date(w), t, u, m) for (w, t, u, m) in groups})
     if not ordered:
         return
     if sqlite:
@@ -459,9 +471,3 @@ def mark_dirty(conn: Connection, groups: Iterable[tuple[Any, str, str, str]]) ->
             "m": [g[3] for g in ordered],
         },
     )
-
-
-def _as_date(value: object) -> date:
-    if isinstance(value, date):
-        return value
-    return date.fromisoformat(str(value))

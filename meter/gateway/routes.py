@@ -46,7 +46,6 @@ from meter.ids import uuid7
 from meter.keys import Principal, any_keys, principal_for_key
 from meter.metrics import GATEWAY_CALLS
 from meter.money import format_decimal
-from meter.pricing import Price
 from meter.settings import Settings
 
 log = logging.getLogger("meter.gateway")
@@ -214,7 +213,7 @@ async def _completions(request: Request, kind: str, path: str) -> Response:
         occurred_at=occurred_at,
         event_id=event_id,
     )
-    claim = await _reserve(gateway, req, call, budgets, reserved)
+    claim = _reserve(gateway, req, call, budgets, reserved)
     if isinstance(claim, Response):
         return claim
     recording = Recording(call, claim, gateway.gate)
@@ -264,7 +263,15 @@ def _admission(
         and req.price is not None
         and req.unbounded_param(req.price) is None
     ):
-        claim = _claim(req, event_id, principal.team, user, tags, occurred_at, req.price)
+        claim = Claim(
+            event_id=event_id,
+            team=principal.team,
+            user=user,
+            tags=tags,
+            model=req.model,
+            occurred_at=occurred_at,
+            worst_case_units=req.worst_case_units(req.price),
+        )
         try:
             reserved = claim, gateway.gate.admit(claim, budgets)
         except BudgetUnavailable as exc:
@@ -272,36 +279,16 @@ def _admission(
     return principal, tags, budgets, reserved
 
 
-def _claim(
-    req: GatewayRequest,
-    event_id: uuid.UUID,
-    team: str | None,
-    user: str | None,
-    tags: dict[str, str] | None,
-    occurred_at: datetime,
-    price: Price,
-) -> Claim:
-    return Claim(
-        event_id=event_id,
-        team=team,
-        user=user,
-        tags=tags,
-        model=req.model,
-        occurred_at=occurred_at,
-        worst_case_units=req.worst_case_units(price),
-    )
-
-
-async def _reserve(
+def _reserve(
     gateway: Gateway,
     req: GatewayRequest,
     call: Call,
     budgets: list[BudgetRow] | BudgetUnavailable,
-    reserved: Reserved = None,
+    reserved: Reserved,
 ) -> Claim | Response | None:
     """The call's hold under the enforced budgets covering it: None when none covers it, a
     Response when it is refused (402, 400 unbounded_cost, 503 budget_unavailable). `reserved`:
-    the reservation the admission's trip made already."""
+    the reservation the admission's trip made (for every covered call with a bounded cost)."""
     fail_open = gateway.settings.gateway_fail_open
     if isinstance(budgets, BudgetUnavailable):
         return None if fail_open else _budget_unavailable(budgets)
@@ -323,18 +310,11 @@ async def _reserve(
             param=param,
             code="unbounded_cost",
         )
-    assert call.price is not None
+    # Covered, bounded and with an upstream key: `_admission` reserved it.
+    assert reserved is not None
     if isinstance(reserved, BudgetUnavailable):
         return None if fail_open else _budget_unavailable(reserved)
-    if reserved is not None:
-        claim, refusal = reserved
-    else:
-        claim = _claim(req, call.event_id, call.team, call.user, call.tags, call.occurred_at,
-                       call.price)  # fmt: skip
-        try:
-            refusal = await anyio.to_thread.run_sync(gateway.gate.admit, claim, budgets)
-        except BudgetUnavailable as exc:
-            return None if fail_open else _budget_unavailable(exc)
+    claim, refusal = reserved
     if refusal is None:
         return claim
     GATEWAY_CALLS.labels("refused_budget").inc()

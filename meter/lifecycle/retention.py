@@ -9,7 +9,7 @@ Why every answer is the same before and after a purge, and why nothing is lost o
    raw events themselves (`GET /v1/events`, the export) lose the purged rows.
 2. The cutoff moves under the roll-up's lease, so no roll-up chunk runs meanwhile, in a
    transaction that first updates the cutoff's row in `meter_meta`. Every writer takes a share
-   lock on that row while it checks its events against the cutoff (meter.db.ledger.read_cutoff):
+   lock on that row while it checks its events against the cutoff (meter.db.ledger.insert_events):
    the update waits for writers that read the old cutoff to commit, and writers that come after
    read the new one and answer `expired` for every event of a day before it (SQLite's BEGIN
    IMMEDIATE orders them the same way). No event of a day before the cutoff is stored after it
@@ -38,7 +38,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from datetime import time as day_start
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -48,7 +47,9 @@ from meter.audit.operations import long_operation
 from meter.db.ledger import CUTOFF_KEY, read_cutoff
 from meter.db.models import UTCDateTime
 from meter.db.session import Database
+from meter.periods import as_date
 from meter.rollup import lease
+from meter.weeks import local_midnight_utc
 
 log = logging.getLogger("meter.retention")
 
@@ -100,23 +101,13 @@ def target_cutoff(older_than_days: int, tz: ZoneInfo, now: datetime | None = Non
     return today - timedelta(days=older_than_days)
 
 
-def day_bound(day: date, tz: ZoneInfo) -> datetime:
-    """The UTC instant a local day starts: `occurred_at < bound` is exactly `day < cutoff`, and
-    it uses the (occurred_at, id) index."""
-    return datetime.combine(day, day_start(), tz).astimezone(UTC)
-
-
-def _as_date(value: object) -> date:
-    return value if isinstance(value, date) else date.fromisoformat(str(value))
-
-
 def _held_back(conn: sa.Connection, requested: date, now: datetime) -> tuple[date, str | None]:
     """The requested cutoff held back to the oldest day not yet final (point 3 above). A lookup
     past its deadline is given up, not waited for (without OPENROUTER_API_KEY none runs)."""
     cutoff, reason = requested, None
     oldest_mark = conn.execute(sa.text("SELECT MIN(week_start) FROM rollup_dirty")).scalar()
-    if oldest_mark is not None and _as_date(oldest_mark) < cutoff:
-        cutoff, reason = _as_date(oldest_mark), "unrolled"
+    if oldest_mark is not None and as_date(oldest_mark) < cutoff:
+        cutoff, reason = as_date(oldest_mark), "unrolled"
     oldest_lookup = conn.execute(
         sa.text(
             "SELECT MIN(e.day) FROM generation_lookups l JOIN events e ON e.id = l.event_id "
@@ -124,8 +115,8 @@ def _held_back(conn: sa.Connection, requested: date, now: datetime) -> tuple[dat
         ).bindparams(sa.bindparam("now", type_=UTCDateTime())),
         {"now": now},
     ).scalar()
-    if oldest_lookup is not None and _as_date(oldest_lookup) < cutoff:
-        cutoff, reason = _as_date(oldest_lookup), "lookups"
+    if oldest_lookup is not None and as_date(oldest_lookup) < cutoff:
+        cutoff, reason = as_date(oldest_lookup), "lookups"
     return cutoff, reason
 
 
@@ -146,7 +137,7 @@ def _plan(conn: sa.Connection, requested: date, tz: ZoneInfo) -> PurgePlan:
     old = read_cutoff(conn)
     if old is not None and old > cutoff:  # it never moves back
         cutoff, reason = old, "earlier purge"
-    return PurgePlan(cutoff, requested, reason, _count_before(conn, day_bound(cutoff, tz)))
+    return PurgePlan(cutoff, requested, reason, _count_before(conn, local_midnight_utc(cutoff, tz)))
 
 
 def plan_purge(db: Database, older_than_days: int, now: datetime | None = None) -> PurgePlan:
@@ -241,7 +232,8 @@ def purge(
         finally:
             lease.release(db, holder, None)
         assert plan.cutoff is not None
-        bound = day_bound(plan.cutoff, db.tz)
+        # `occurred_at < bound` is exactly `day < cutoff`, and uses the (occurred_at, id) index.
+        bound = local_midnight_utc(plan.cutoff, db.tz)
         if plan.reason in ("unrolled", "lookups"):
             log.warning(
                 "purge: cutoff held back to %s (%s): later days are not final yet",

@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 
 from meter.db import models
 from meter.db.session import Database
+from meter.periods import as_date
 
 DIMENSIONS = ("team", "user", "model")
 _LOW_BITS = 32
@@ -138,10 +139,6 @@ def totals_of(row: Any) -> Totals:
     )
 
 
-def _week(value: Any) -> date:
-    return value if isinstance(value, date) else date.fromisoformat(str(value))
-
-
 def weekly_totals(
     conn: Connection,
     first: date,
@@ -166,7 +163,7 @@ def weekly_totals(
         mapping = row._mapping
         result.append(
             WeeklyTotals(
-                week_start=_week(row.week_start),
+                week_start=as_date(row.week_start),
                 team=mapping["team"] if "team" in group_by else None,
                 user=mapping["user"] if "user" in group_by else None,
                 model=mapping["model"] if "model" in group_by else None,
@@ -195,7 +192,7 @@ def team_weeks(conn: Connection, team: str, first: date, last: date) -> dict[dat
         .where(wu.c.team == team, wu.c.week_start >= first, wu.c.week_start <= last)
         .group_by(wu.c.week_start)
     )
-    return {_week(row.week_start): totals_of(row) for row in conn.execute(query)}
+    return {as_date(row.week_start): totals_of(row) for row in conn.execute(query)}
 
 
 def team_users(conn: Connection, team: str, week_start: date) -> list[tuple[str, Totals]]:

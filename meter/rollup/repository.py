@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection
 
 from meter.db.ledger import MARK_ORDER
 from meter.db.models import UTCDateTime
+from meter.periods import as_date
 
 Key = tuple[str, str, str]  # (team, user, model) inside one week
 
@@ -39,10 +40,6 @@ class Chunk:
     @property
     def last(self) -> date:
         return self.weeks[-1]
-
-
-def _date(value: Any) -> date:
-    return value if isinstance(value, date) else date.fromisoformat(str(value))
 
 
 def _is_pg(conn: Connection) -> bool:
@@ -94,7 +91,7 @@ def dirty_weeks(conn: Connection) -> list[tuple[date, int]]:
             "SELECT week_start, COUNT(*) FROM rollup_dirty GROUP BY week_start ORDER BY week_start"
         )
     ).all()
-    return [(_date(r[0]), int(r[1])) for r in rows]
+    return [(as_date(r[0]), int(r[1])) for r in rows]
 
 
 def week_boundaries(conn: Connection, week_start: date, every: int) -> list[Key]:
