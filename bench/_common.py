@@ -277,7 +277,22 @@ def sqlite_template() -> Path:
         engine.dispose()
         checkpoint(tmp)
         tmp.rename(path)
+    else:
+        upgrade_cached(path)
     return path
+
+
+def upgrade_cached(path: Path) -> None:
+    """A cached database made before the last migration, brought to head (in place)."""
+    from meter.db import migrate
+    from meter.db.engine import make_engine
+
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        migrate.upgrade(engine, "UTC")
+    finally:
+        engine.dispose()
+    checkpoint(path)
 
 
 def checkpoint(path: Path) -> None:

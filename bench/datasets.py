@@ -32,6 +32,7 @@ from bench._common import (
     pg_dsn,
     say,
     sqlite_template,
+    upgrade_cached,
 )
 from meter.db.ledger import EVENT_COLUMNS
 from meter.weeks import week_of
@@ -93,6 +94,7 @@ def sqlite_file(n: int) -> Path:
     source = tsv(n)
     path = source.with_suffix(".db")
     if path.exists():
+        upgrade_cached(path)
         return path
     tmp = path.with_suffix(".loading")
     for suffix in ("", "-wal", "-shm"):

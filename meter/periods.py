@@ -166,3 +166,64 @@ def windows_back(last: Window, count: int) -> list[Window]:
     while len(out) < count:
         out.append(out[-1].previous())
     return out[::-1]
+
+
+def month_start(day: date) -> date:
+    return day.replace(day=1)
+
+
+def months_of(first_day: date, last_day: date) -> list[date]:
+    """The first days of the months that local dates first_day..last_day touch."""
+    out, month = [], month_start(first_day)
+    while month <= last_day:
+        out.append(month)
+        month = _next_month(month)
+    return out
+
+
+def whole_weeks(first_day: date, last_day: date) -> tuple[list[date], list[tuple[date, date]]]:
+    """Split local days first_day..last_day into the Mondays of the whole ISO weeks inside them
+    and the remaining runs of days (inclusive): a month read as ~4 weekly rows per group plus
+    its edge days, instead of ~30 daily rows (exact: a week is the sum of its days)."""
+    end = last_day + timedelta(days=1)
+    monday = first_day + timedelta(days=(7 - first_day.weekday()) % 7)
+    stop = end - timedelta(days=end.weekday())  # the Monday on or before `end`
+    if monday >= stop:
+        return [], [(first_day, last_day)]
+    weeks = [monday + timedelta(days=7 * i) for i in range((stop - monday).days // 7)]
+    edges = [(a, b - timedelta(days=1)) for a, b in ((first_day, monday), (stop, end)) if a < b]
+    return weeks, edges
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """Local days first_day..last_day as the fewest roll-up rows per group: whole months
+    (monthly_usage), then whole weeks in what is left (weekly_usage), then runs of days
+    (daily_usage). Exact: a month and a week are sums of their days."""
+
+    months: list[date]
+    weeks: list[date]
+    days: list[tuple[date, date]]  # inclusive runs
+
+
+def pieces(
+    first_day: date, last_day: date, skip_months: frozenset[date] | set[date] = frozenset()
+) -> Pieces:
+    """`skip_months`: months not to read whole (their monthly rows are being recomputed)."""
+    months: list[date] = []
+    rest: list[tuple[date, date]] = []  # runs of days outside the whole months, in order
+    for month in months_of(first_day, last_day):
+        a, b = max(first_day, month), min(last_day, _next_month(month) - timedelta(days=1))
+        if a == month and b == _next_month(month) - timedelta(days=1) and month not in skip_months:
+            months.append(month)
+        elif rest and rest[-1][1] + timedelta(days=1) == a:
+            rest[-1] = (rest[-1][0], b)  # one run across the boundary: its weeks stay whole
+        else:
+            rest.append((a, b))
+    weeks: list[date] = []
+    days: list[tuple[date, date]] = []
+    for a, b in rest:
+        w, d = whole_weeks(a, b)
+        weeks += w
+        days += d
+    return Pieces(months, weeks, days)

@@ -25,8 +25,11 @@ from tests.test_rollup_helpers import (
     TOTALS,
     expected_days,
     expected_totals,
+    marked_months,
+    months_from_days,
     rolled_up,
     rolled_up_days,
+    rolled_up_months,
     store,
     weeks_from_days,
 )
@@ -81,6 +84,7 @@ def test_events_land_on_their_local_day_month_and_week(databases: DatabaseFactor
     days = rolled_up_days(db)
     assert days == expected_days(db)
     assert weeks_from_days(days) == rolled_up(db) == expected_totals(db)
+    assert months_from_days(days) == rolled_up_months(db) and not marked_months(db)
     weeks = {k[0] for k in rolled_up(db)}
     assert weeks == {date(2026, 10, 26), date(2026, 11, 2), date(2026, 11, 23), date(2026, 11, 30)}
 
@@ -102,6 +106,7 @@ def test_late_events_count_once_in_their_day_week_and_month(db: Database):
     assert days[(date(2026, 11, 3), "", "bob", SEED_MODEL)][:3] == (1, 5, 1)
     assert days == expected_days(db)
     assert weeks_from_days(days) == rolled_up(db)
+    assert months_from_days(days) == rolled_up_months(db)
     assert run_rollup(db).events_rolled_up == 0
     assert rolled_up_days(db) == days
 
@@ -202,12 +207,13 @@ def test_the_migration_gives_stored_events_their_day_and_daily_rows(databases: D
         run_rollup(db)
         assert rolled_up_days(db)[(date(2026, 11, 1), "search", "alice", SEED_MODEL)][0] == 3
         assert weeks_from_days(rolled_up_days(db)) == rolled_up(db) == expected_totals(db)
+        assert months_from_days(rolled_up_days(db)) == rolled_up_months(db)
     finally:
         engine.dispose()
 
 
 def test_a_range_splits_into_whole_weeks_and_edge_days():
-    from meter.reports.period_queries import whole_weeks
+    from meter.periods import whole_weeks
 
     # November 2026: Sunday the 1st, Monday the 30th
     weeks, edges = whole_weeks(date(2026, 11, 1), date(2026, 11, 30))

@@ -380,6 +380,7 @@ def test_a_second_erasure_adds_her_new_rows_to_the_pseudonyms(
     assert out["events"] == len(again)
     assert out["daily_rows"] == len(DAYS) and out["tag_rows"] == len(DAYS)
     assert out["weekly_rows"] == len({d - timedelta(days=d.weekday()) for d in DAYS})
+    assert out["monthly_rows"] == len({d.replace(day=1) for d in DAYS})
     assert usage_totals(client, "team,model") == before
     rows = client.get(
         "/v1/usage", params={**USAGE_QUERIES[0], "group_by": "user,tag:feature"}, headers=ADMIN
@@ -400,6 +401,7 @@ def test_erasing_a_user_without_data_works(target: Target, client: TestClient) -
         "daily_rows": 0,
         "tag_rows": 0,
         "weekly_rows": 0,
+        "monthly_rows": 0,
         "marks": 0,
         "holds": 0,
         "alerts": 0,
@@ -514,7 +516,7 @@ def test_a_user_id_with_a_slash(target: Target, client: TestClient) -> None:
     post(client, [ev("org/alice", "search", DAYS[0])])
     run_rollup(target.db)
     out = erase(client, "org/alice")
-    assert out["events"] == 1 and out["weekly_rows"] == 1
+    assert out["events"] == 1 and out["weekly_rows"] == 1 and out["monthly_rows"] == 1
     assert "org/alice" not in dump(target.db)
 
 

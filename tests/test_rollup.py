@@ -24,8 +24,10 @@ from tests.test_rollup_helpers import (
     expected_days,
     expected_tags,
     expected_totals,
+    months_from_days,
     rolled_up,
     rolled_up_days,
+    rolled_up_months,
     rolled_up_tags,
     store,
     weeks_from_days,
@@ -282,6 +284,7 @@ def test_totals_equal_the_raw_events_after_any_interleaving(db: Database, steps:
     days = rolled_up_days(db)
     assert days == expected_days(db)
     assert weeks_from_days(days) == rolled_up(db)
+    assert months_from_days(days) == rolled_up_months(db)
     assert counted == len({e.id for e in stored})
     assert dirty_count(db) == 0
     assert run_rollup(db).events_rolled_up == 0

@@ -31,8 +31,10 @@ from tests.test_rollup_helpers import (
     dirty_count,
     expected_days,
     expected_totals,
+    months_from_days,
     rolled_up,
     rolled_up_days,
+    rolled_up_months,
     store,
     weeks_from_days,
 )
@@ -214,6 +216,7 @@ def test_four_writers_and_two_rollups_in_processes_give_exact_totals(db_url: str
         days = rolled_up_days(db)
         assert days == expected_days(db)
         assert weeks_from_days(days) == totals
+        assert months_from_days(days) == rolled_up_months(db)
         assert dirty_count(db) == 0
     finally:
         db.dispose()

@@ -145,6 +145,32 @@ def weeks_from_days(days: dict[GroupKey, tuple[int, ...]]) -> dict[GroupKey, tup
     return {k: tuple(v) for k, v in weeks.items()}
 
 
+def months_from_days(days: dict[GroupKey, tuple[int, ...]]) -> dict[GroupKey, tuple[int, ...]]:
+    """The monthly totals the days add up to, keyed by the month's first day."""
+    months: dict[GroupKey, list[int]] = defaultdict(lambda: [0] * len(TOTALS))
+    for (day, team, user, model), values in days.items():
+        m = months[(day.replace(day=1), team, user, model)]
+        for i in range(len(TOTALS)):
+            m[i] += values[i]
+    return {k: tuple(v) for k, v in months.items()}
+
+
+def rolled_up_months(db: Database) -> dict[GroupKey, tuple[int, ...]]:
+    """monthly_usage as {(month_start, team, user, model): totals}."""
+    m = models.MonthlyUsage
+    with db.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(m.month_start, m.team, m.user, m.model, *(getattr(m, c) for c in TOTALS))
+        ).all()
+    return {(_date(r[0]), r[1], r[2], r[3]): tuple(int(v) for v in r[4:]) for r in rows}
+
+
+def marked_months(db: Database) -> list[date]:
+    with db.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT month_start FROM rollup_dirty_months ORDER BY 1"))
+        return [_date(r[0]) for r in rows]
+
+
 TagKey = tuple[date, str, str, str, str, str]  # (day, key, value, team, user, model)
 
 
@@ -201,8 +227,10 @@ def clear(db: Database) -> None:
             "weekly_usage",
             "daily_usage",
             "daily_tag_usage",
+            "monthly_usage",
             "tag_keys",
             "rollup_dirty",
+            "rollup_dirty_months",
         ):
             conn.execute(sa.text(f"DELETE FROM {table}"))
         conn.execute(

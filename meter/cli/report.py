@@ -170,23 +170,22 @@ def billing_cmd(
 ) -> None:
     """Every user's bill for a month, a week or dates, most expensive first; exact money."""
     from meter.reports.csv_export import billing_csv
-    from meter.reports.period_service import billing_report
+    from meter.reports.period_service import billing_lines, billing_report
 
     _choice("--format", fmt, ("table", "json", "csv"))
     db = database()
     try:
-        report, lines = billing_report(
-            db, month=month, week=week, first=first, last=last, team=team
-        )
+        if fmt == "csv":
+            bill = billing_lines(db, month=month, week=week, first=first, last=last, team=team)
+            typer.echo(billing_csv(bill), nl=False)
+            return
+        report, _ = billing_report(db, month=month, week=week, first=first, last=last, team=team)
     except InvalidRequest as exc:
         raise _option_error(exc) from None
     finally:
         db.dispose()
     if fmt == "json":
         _print_json(report)
-        return
-    if fmt == "csv":
-        typer.echo(billing_csv(report, lines), nl=False)
         return
     table = _table(
         f"billing {report.first} to {report.to} ({report.timezone})",

@@ -56,7 +56,8 @@ def erase_cmd(
     console.print(f"user erased; pseudonym {result.pseudonym}", highlight=False)
     console.print(
         f"events {verb}: {result.events:,}; roll-up rows {verb}: {result.daily_rows:,} daily, "
-        f"{result.tag_rows:,} tag, {result.weekly_rows:,} weekly; marks: {result.marks:,}; "
+        f"{result.tag_rows:,} tag, {result.weekly_rows:,} weekly, {result.monthly_rows:,} monthly; "
+        f"marks: {result.marks:,}; "
         f"gateway holds: {result.holds:,}",
         highlight=False,
     )

@@ -204,6 +204,41 @@ class WeeklyUsage(Base):
     updated_at: Mapped[datetime]
 
 
+class MonthlyUsage(Base):
+    """Roll-up totals per (local month, team, user, model): the sum of the month's daily rows,
+    so that a whole month (a month's bill) is read as one row per group. Recomputed by the
+    roll-up after the chunks that change the month's days, which mark it in
+    rollup_dirty_months; readers take a marked month from its weeks and days instead."""
+
+    __tablename__ = "monthly_usage"
+    # SQLite: the rows stored in their key's order, so a month's bill (~3,000 rows) is one
+    # range read, not an index lookup and a table lookup per row (9 -> 4.5 ms at 5M events).
+    __table_args__ = ({"sqlite_with_rowid": False},)
+
+    month_start: Mapped[date] = mapped_column(primary_key=True)
+    team: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    user: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    model: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInt)
+    prompt_tokens: Mapped[int] = mapped_column(BigInt)
+    completion_tokens: Mapped[int] = mapped_column(BigInt)
+    errors: Mapped[int] = mapped_column(BigInt)
+    estimated: Mapped[int] = mapped_column(BigInt)
+    unpriced: Mapped[int] = mapped_column(BigInt)
+    input_cost_units: Mapped[int] = mapped_column(BigInt)  # over priced events only
+    output_cost_units: Mapped[int] = mapped_column(BigInt)
+    updated_at: Mapped[datetime]
+
+
+class RollupDirtyMonth(Base):
+    """A local month whose monthly_usage rows are not (yet) the sums of its days. Written by
+    the roll-up's chunks, in the transaction that changes the days; deleted in the one that
+    recomputes the month. Only the roll-up lease holder writes either table."""
+
+    __tablename__ = "rollup_dirty_months"
+    month_start: Mapped[date] = mapped_column(primary_key=True)
+
+
 class DailyUsage(Base):
     """Roll-up totals per (local day, team, user, model): weeks and months are sums of these.
 

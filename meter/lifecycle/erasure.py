@@ -51,7 +51,7 @@ LEASE_WAIT_SECONDS = 30.0
 ACTION = "user.erase"
 
 # The roll-up tables keyed by user, each with the key columns the pseudonym's rows are merged on.
-_ROLLUPS = (models.DailyUsage, models.DailyTagUsage, models.WeeklyUsage)
+_ROLLUPS = (models.DailyUsage, models.DailyTagUsage, models.WeeklyUsage, models.MonthlyUsage)
 _NOT_SUMMED = frozenset({"week_start", "updated_at"})
 
 
@@ -65,6 +65,7 @@ class ErasureResult:
     daily_rows: int  # rows of the user merged into the pseudonym's, or deleted
     tag_rows: int
     weekly_rows: int
+    monthly_rows: int
     marks: int
     holds: int
     alerts: int  # alert payloads rewritten (alerts of deleted budgets go with them)
@@ -80,6 +81,7 @@ class ErasureResult:
             "daily_rows": self.daily_rows,
             "tag_rows": self.tag_rows,
             "weekly_rows": self.weekly_rows,
+            "monthly_rows": self.monthly_rows,
             "marks": self.marks,
             "holds": self.holds,
             "alerts": self.alerts,
@@ -161,7 +163,7 @@ def _erase(
         events = _delete_events(conn, users, now)
         marks = len(_take_marks(conn, users))
         holds = _delete_where(conn, models.GatewayHold, users)
-        daily, tags, weekly = (_delete_where(conn, t, users) for t in _ROLLUPS)
+        daily, tags, weekly, monthly = (_delete_where(conn, t, users) for t in _ROLLUPS)
     else:
         e = models.Event
         events = conn.execute(sa.update(e).where(e.user == user).values(user=pseudonym)).rowcount
@@ -170,7 +172,9 @@ def _erase(
         marks = len(taken)
         h = models.GatewayHold
         holds = conn.execute(sa.update(h).where(h.user == user).values(user=pseudonym)).rowcount
-        daily, tags, weekly = (_merge_rows(conn, t, user, pseudonym, now) for t in _ROLLUPS)
+        daily, tags, weekly, monthly = (
+            _merge_rows(conn, t, user, pseudonym, now) for t in _ROLLUPS
+        )
     b = models.Budget
     budget_ids = list(
         conn.execute(
@@ -191,6 +195,7 @@ def _erase(
         daily_rows=daily,
         tag_rows=tags,
         weekly_rows=weekly,
+        monthly_rows=monthly,
         marks=int(marks),
         holds=int(holds or 0),
         alerts=alerts,

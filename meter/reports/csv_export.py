@@ -7,8 +7,9 @@ import csv
 import io
 
 from meter.money import render_usd
+from meter.reports.period_service import BillingLines
 from meter.reports.queries import Totals
-from meter.reports.schemas import BillingReport, UserReport, UserReportLine
+from meter.reports.schemas import UserReport, UserReportLine
 
 CSV_COLUMNS = tuple(UserReportLine.model_fields)
 
@@ -40,28 +41,25 @@ BILLING_CSV_COLUMNS = (
 )
 
 
-def billing_csv(report: BillingReport, lines: list[tuple[str, str, str, Totals]]) -> str:
+def billing_csv(bill: BillingLines) -> str:
     """One line per (team, user, model); money exact, never rounded; unpriced money empty."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(BILLING_CSV_COLUMNS)
-    for team, user, model, t in lines:
-        unpriced_only = t.all_unpriced
-        writer.writerow(
-            [
-                report.first,
-                report.to,
-                report.timezone,
-                team,
-                user,
-                model,
-                t.requests,
-                t.prompt_tokens,
-                t.completion_tokens,
-                t.unpriced,
-                "" if unpriced_only else render_usd(t.input_units),
-                "" if unpriced_only else render_usd(t.output_units),
-                "" if unpriced_only else render_usd(t.cost_units),
-            ]
+    dates = (bill.first, bill.to, bill.timezone)
+    writer.writerows(
+        (
+            *dates, team, user, model, t.requests, t.prompt_tokens, t.completion_tokens,
+            t.unpriced, *_money(t),
         )
+        for team, user, model, t in bill.lines
+    )  # fmt: skip
     return out.getvalue()
+
+
+def _money(t: Totals) -> tuple[str | None, str | None, str | None]:
+    """Input, output and total cost; empty when every event counted is unpriced."""
+    if t.requests > 0 and t.unpriced == t.requests:
+        return ("", "", "")
+    i, o = t.input_units, t.output_units
+    return (render_usd(i), render_usd(o), render_usd(i + o))

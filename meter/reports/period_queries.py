@@ -5,19 +5,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from meter.db import models
-from meter.periods import PeriodKind
+from meter.periods import PeriodKind, Pieces, as_date, pieces
 from meter.reports.queries import DIMENSIONS, Totals, totals_columns, totals_of
 
 du: sa.Table = models.DailyUsage.__table__  # type: ignore[assignment]
 wu: sa.Table = models.WeeklyUsage.__table__  # type: ignore[assignment]
 dtu: sa.Table = models.DailyTagUsage.__table__  # type: ignore[assignment]
+mu: sa.Table = models.MonthlyUsage.__table__  # type: ignore[assignment]
+dm: sa.Table = models.RollupDirtyMonth.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -129,31 +131,6 @@ def _grouped(
     return out
 
 
-def whole_weeks(first_day: date, last_day: date) -> tuple[list[date], list[tuple[date, date]]]:
-    """Split local days first_day..last_day into the Mondays of the whole ISO weeks inside them
-    and the remaining runs of days (inclusive): a month read as ~4 weekly rows per group plus
-    its edge days, instead of ~30 daily rows (exact: a week is the sum of its days)."""
-    end = last_day + timedelta(days=1)
-    monday = first_day + timedelta(days=(7 - first_day.weekday()) % 7)
-    stop = end - timedelta(days=end.weekday())  # the Monday on or before `end`
-    if monday >= stop:
-        return [], [(first_day, last_day)]
-    weeks = [monday + timedelta(days=7 * i) for i in range((stop - monday).days // 7)]
-    edges = [(a, b - timedelta(days=1)) for a, b in ((first_day, monday), (stop, end)) if a < b]
-    return weeks, edges
-
-
-def _in_days(table: sa.Table, first_day: date, last_day: date) -> list[Any]:
-    """Rows of local days first_day..last_day: whole weeks from weekly_usage (`table` is
-    weekly), the rest from daily_usage."""
-    weeks, edges = whole_weeks(first_day, last_day)
-    if table is wu:
-        return [sa.false()] if not weeks else [wu.c.week_start.in_(weeks)]
-    if not edges:
-        return [sa.false()]
-    return [sa.or_(*(sa.and_(du.c.day >= a, du.c.day <= b) for a, b in edges))]
-
-
 _SUMMED = (
     "requests",
     "prompt_tokens",
@@ -166,26 +143,56 @@ _SUMMED = (
 )
 
 
-def _days_rows(first_day: date, last_day: date, *where: Callable[[sa.Table], Any]) -> Any:
-    """The roll-up rows of local days first_day..last_day as one derived table: its whole weeks'
-    weekly rows and its edge days' daily rows (exact: a week is the sum of its days)."""
+def dirty_months(conn: Connection) -> frozenset[date]:
+    """The months whose monthly rows are waiting for the roll-up (meter.rollup.engine)."""
+    return frozenset(as_date(v) for v in conn.execute(sa.select(dm.c.month_start)).scalars())
+
+
+def _days_rows(p: Pieces, *where: Callable[[sa.Table], Any]) -> Any:
+    """The roll-up rows of `p` as one derived table: the monthly rows of its whole months, the
+    weekly rows of its whole weeks, the daily rows of its days (exact: months and weeks are
+    sums of their days)."""
+    in_days = (
+        [sa.or_(*(sa.and_(du.c.day >= a, du.c.day <= b) for a, b in p.days))] if p.days else []
+    )
+    spans: list[tuple[sa.Table, list[Any]]] = [
+        (mu, [mu.c.month_start.in_(p.months)] if p.months else []),
+        (wu, [wu.c.week_start.in_(p.weeks)] if p.weeks else []),
+        (du, in_days),
+    ]
     parts = []
-    for table in (wu, du):
-        columns = [table.c.team, table.c.user, table.c.model, *(table.c[c] for c in _SUMMED)]
-        conditions = [w(table) for w in where]
-        parts.append(sa.select(*columns).where(*_in_days(table, first_day, last_day), *conditions))
-    return sa.union_all(*parts).subquery("d")
+    for table, span in spans:
+        if span:
+            columns = [table.c.team, table.c.user, table.c.model, *(table.c[c] for c in _SUMMED)]
+            parts.append(sa.select(*columns).where(*span, *(w(table) for w in where)))
+    return (parts[0] if len(parts) == 1 else sa.union_all(*parts)).subquery("d")
+
+
+def _pieces(conn: Connection, first_day: date, last_day: date) -> Pieces:
+    """`periods.pieces` of local days first_day..last_day; a month the roll-up has marked is
+    read from its weeks and days."""
+    return pieces(first_day, last_day, dirty_months(conn))
 
 
 def billing_lines(
     conn: Connection, first_day: date, last_day: date, team: str | None = None
 ) -> list[tuple[str, str, str, Totals]]:
-    """(team, user, model, totals) over local days first_day..last_day: one grouped statement."""
+    """(team, user, model, totals) over local days first_day..last_day: one statement, grouped
+    unless the range is one whole month (a month's bill: its rows as they are, in key order)."""
+    p = _pieces(conn, first_day, last_day)
+    if len(p.months) == 1 and not p.weeks and not p.days:
+        query = sa.select(mu.c.team, mu.c.user, mu.c.model, *(mu.c[c] for c in _SUMMED)).where(
+            mu.c.month_start == p.months[0]
+        )
+        if team is not None:
+            query = query.where(mu.c.team == team)
+        query = query.order_by(mu.c.team, mu.c.user, mu.c.model)
+        return [(r[0], r[1], r[2], Totals(*r[3:])) for r in conn.execute(query).all()]
     where = [] if team is None else [lambda t: t.c.team == team]
-    rows = _days_rows(first_day, last_day, *where)
+    rows = _days_rows(p, *where)
     keys = (rows.c.team, rows.c.user, rows.c.model)
     query = sa.select(*keys, *totals_columns(rows)).group_by(*keys).order_by(*keys)
-    return [(r[0], r[1], r[2], totals_of(r)) for r in conn.execute(query)]
+    return [(r[0], r[1], r[2], totals_of(r)) for r in conn.execute(query).all()]
 
 
 def user_lines(
@@ -195,7 +202,7 @@ def user_lines(
     where: list[Callable[[sa.Table], Any]] = [lambda t: t.c.user == user]
     if team is not None:
         where.append(lambda t: t.c.team == team)
-    rows = _days_rows(first_day, last_day, *where)
+    rows = _days_rows(_pieces(conn, first_day, last_day), *where)
     query = (
         sa.select(rows.c.model, *totals_columns(rows)).group_by(rows.c.model).order_by(rows.c.model)
     )

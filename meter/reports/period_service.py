@@ -4,6 +4,7 @@ database's timezone (meter.periods); every number is a sum of daily roll-up rows
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime
 
 from meter._exceptions import InvalidRequest
@@ -126,6 +127,36 @@ def usage(
     return PeriodUsage(as_of=as_of, period=kind, rows=rows)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class BillingLines:
+    """What a bill is made of: its dates, and one line per (team, user, model), key order."""
+
+    first: str
+    to: str
+    timezone: str
+    as_of: str | None
+    lines: list[tuple[str, str, str, Totals]]
+
+
+def billing_lines(
+    db: Database,
+    *,
+    month: str | None = None,
+    week: str | None = None,
+    first: str | None = None,
+    last: str | None = None,
+    team: str | None = None,
+    now: datetime | None = None,
+) -> BillingLines:
+    """The (team, user, model) lines of a month (default this month), a week or a range of
+    local dates: the CSV's rows, and what `billing_report` sums per user."""
+    span = date_range(db, week=week, month=month, first=first, last=last, default="month", now=now)
+    with reading(db) as conn:
+        as_of = rollup_as_of(conn)
+        lines = pq.billing_lines(conn, span.first, span.last, team)
+    return BillingLines(span.first.isoformat(), span.last.isoformat(), db.tz.key, as_of, lines)
+
+
 def billing_report(
     db: Database,
     *,
@@ -138,10 +169,8 @@ def billing_report(
 ) -> tuple[BillingReport, list[tuple[str, str, str, Totals]]]:
     """The bill of a month (default this month), a week or a range of local dates: one entry
     per (user, team), most expensive first; and the (team, user, model) lines behind it."""
-    span = date_range(db, week=week, month=month, first=first, last=last, default="month", now=now)
-    with reading(db) as conn:
-        as_of = rollup_as_of(conn)
-        lines = pq.billing_lines(conn, span.first, span.last, team)
+    bill = billing_lines(db, month=month, week=week, first=first, last=last, team=team, now=now)
+    lines = bill.lines
     # (user, team) -> [requests, prompt, completion, unpriced, cost units]: plain lists, summed in
     # place (a month is ~3,000 lines for ~1,000 entries; frozen Totals cost an object per add).
     per_entry: dict[tuple[str, str], list[int]] = {}
@@ -161,10 +190,10 @@ def billing_report(
     total = sum(a[4] for _, a in entries)
     # Built without validation: every field is computed here, of the declared type.
     report = BillingReport.model_construct(
-        first=span.first.isoformat(),
-        to=span.last.isoformat(),
-        timezone=db.tz.key,
-        as_of=as_of,
+        first=bill.first,
+        to=bill.to,
+        timezone=bill.timezone,
+        as_of=bill.as_of,
         users=[
             BillingEntry.model_construct(
                 user=u or None,  # '' is how "no user" / "no team" is stored

@@ -5,6 +5,14 @@ week (weekly_usage, the sum of its days) are recomputed together, in the chunk t
 mark: a day always lies in one week, so the weekly marks drive the days too, and a week and a
 month are exact sums of the same daily rows.
 
+Months (monthly_usage) follow at the end of the run: a chunk marks the months its days lie in
+(rollup_dirty_months, in its own transaction), and the month step rewrites each marked month
+from its whole weeks and edge days, then unmarks it, in one transaction per month. A month
+changed by several chunks is summed once, from its final days; a run that stops or fails
+before its month step leaves the marks for the next run. Readers never use a marked month's
+rows (meter.reports.period_queries reads its weeks and days instead), so a report is exact
+at every moment.
+
 Why it counts every committed event exactly once, whatever order writers commit in:
 
 1. A writer inserts its events and, in the same transaction, upserts the mark of every group
@@ -160,6 +168,7 @@ def rollup_chunk(db: Database, holder: str, chunk: Chunk, now: datetime) -> tupl
                 else:
                     repo.recompute_groups(conn, chunk, now)
                 after = repo.requests_in_scope(conn, chunk, whole)
+                repo.mark_months(conn, chunk)
                 repo.consume_marks(conn, chunk)
                 return after - before, taken
         except sa.exc.DBAPIError as exc:
@@ -168,6 +177,22 @@ def rollup_chunk(db: Database, holder: str, chunk: Chunk, now: datetime) -> tupl
                 raise
             log.warning("roll-up chunk %s retried after %s", chunk, sqlstate)
     raise AssertionError("unreachable")
+
+
+def roll_months(db: Database, holder: str, stop: threading.Event | None = None) -> int:
+    """The month step: every month a chunk marked (this run's, or a run's that stopped or
+    failed before its month step) rewritten from its weeks and days, one transaction each
+    -> months rewritten. Runs after the chunks, so a month the run changes in several chunks
+    is summed once, from its final days."""
+    with db.engine.connect() as conn:
+        months = repo.dirty_months(conn)
+    for done, month in enumerate(months):
+        if stop is not None and stop.is_set():
+            return done
+        with db.engine.begin() as conn:
+            lease.renew(conn, holder)
+            repo.recompute_month(conn, month, datetime.now(UTC))
+    return len(months)
 
 
 def run_rollup(
@@ -202,6 +227,8 @@ def run_rollup(
                 totals.weeks.update(chunk.weeks)
             if progress:
                 progress(i, len(chunks), totals.events)
+        if not stopped:
+            roll_months(db, holder, stop)
         weeks = [Week(w) for w in sorted(totals.weeks)]
         alerts = 0 if stopped else _evaluate_budgets(db, weeks)
     except BaseException:

@@ -8,7 +8,7 @@ table.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 
 from meter.db.ledger import MARK_ORDER
 from meter.db.models import UTCDateTime
-from meter.periods import as_date
+from meter.periods import as_date, months_of, whole_weeks
 
 Key = tuple[str, str, str]  # (team, user, model) inside one week
 
@@ -420,6 +420,71 @@ def recompute_groups(conn: Connection, chunk: Chunk, now: datetime) -> None:
             f'GROUP BY d.week_start, d.team, d."user", d.model {_IN_KEY_ORDER} {_UPSERT}'
         ),
         {**params, **in_weeks, "now": now},
+    )
+
+
+def mark_months(conn: Connection, chunk: Chunk) -> None:
+    """Mark the months the chunk's days lie in (every week of its range, whole or not): the
+    run's month step (`recompute_month`) rewrites them; readers take them from weeks and days
+    until then."""
+    last_day = chunk.last + timedelta(days=6)
+    conn.execute(
+        sa.text(
+            "INSERT INTO rollup_dirty_months (month_start) VALUES (:m) "
+            "ON CONFLICT (month_start) DO NOTHING"
+        ).bindparams(sa.bindparam("m", type_=sa.Date())),
+        [{"m": m} for m in months_of(chunk.week_start, last_day)],
+    )
+
+
+def dirty_months(conn: Connection) -> list[date]:
+    rows = conn.execute(sa.text("SELECT month_start FROM rollup_dirty_months ORDER BY 1"))
+    return [as_date(r[0]) for r in rows]
+
+
+_MONTH_FROM_ROWS = ", ".join(f"SUM(d.{c})" for c in _TOTALS)
+
+
+def recompute_month(conn: Connection, month: date, now: datetime) -> None:
+    """Rewrite a marked month's rows as the sums of its days, and unmark it: the weekly rows
+    of its whole weeks and the daily rows of its edge days (a third of the rows of its days;
+    exact, a week is the sum of its days). Days before the purge cutoff are in both, as they
+    are in every week."""
+    next_month = (month + timedelta(days=31)).replace(day=1)
+    weeks, edges = whole_weeks(month, next_month - timedelta(days=1))
+    totals = ", ".join(_TOTALS)
+    parts, binds, params = [], ["m"], {"m": month}
+    if weeks:
+        parts.append(
+            f'SELECT team, "user", model, {totals} FROM weekly_usage '
+            "WHERE week_start BETWEEN :wa AND :wb"
+        )
+        binds += ["wa", "wb"]
+        params.update(wa=weeks[0], wb=weeks[-1])
+    for i, (a, b) in enumerate(edges):
+        parts.append(
+            f'SELECT team, "user", model, {totals} FROM daily_usage '
+            f"WHERE day BETWEEN :a{i} AND :b{i}"
+        )
+        binds += [f"a{i}", f"b{i}"]
+        params.update({f"a{i}": a, f"b{i}": b})
+    typed = [sa.bindparam(n, type_=sa.Date()) for n in binds]
+    conn.execute(
+        sa.text("DELETE FROM monthly_usage WHERE month_start = :m").bindparams(typed[0]),
+        {"m": month},
+    )
+    conn.execute(
+        sa.text(
+            f'INSERT INTO monthly_usage (month_start, team, "user", model, {totals}, updated_at) '
+            f'SELECT :m, d.team, d."user", d.model, {_MONTH_FROM_ROWS}, :now '
+            f"FROM ({' UNION ALL '.join(parts)}) d "
+            'GROUP BY d.team, d."user", d.model ORDER BY d.team, d."user", d.model'
+        ).bindparams(*typed, sa.bindparam("now", type_=UTCDateTime())),
+        {**params, "now": now},
+    )
+    conn.execute(
+        sa.text("DELETE FROM rollup_dirty_months WHERE month_start = :m").bindparams(typed[0]),
+        {"m": month},
     )
 
 

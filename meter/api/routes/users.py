@@ -26,6 +26,7 @@ class UserErased(BaseModel):
     daily_rows: int = Field(description="Daily roll-up rows moved to the pseudonym, or deleted")
     tag_rows: int = Field(description="Daily tag rows moved to the pseudonym, or deleted")
     weekly_rows: int = Field(description="Weekly roll-up rows moved to the pseudonym, or deleted")
+    monthly_rows: int = Field(description="Monthly roll-up rows moved to the pseudonym, or deleted")
     marks: int = Field(description="Pending roll-up marks moved, or deleted")
     holds: int = Field(description="Gateway holds moved, or deleted")
     alerts: int = Field(description="Alert payloads rewritten")
