@@ -25,7 +25,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from meter.db import models
+from meter.db import fast, models
+from meter.db.fast import FastSelect
 from meter.db.session import Database
 from meter.settings import Settings
 
@@ -156,6 +157,18 @@ def is_expired(expires_at: datetime | None, now: datetime) -> bool:
 _written: weakref.WeakKeyDictionary[sa.Engine, dict[int, datetime]] = weakref.WeakKeyDictionary()
 
 
+def use_is_due(
+    engine: sa.Engine, key_id: int, last_used_at: datetime | None, now: datetime
+) -> bool:
+    """Is the key's last_used_at (as just read) a minute old, and not written since by this
+    process?"""
+    cutoff = now - LAST_USED_INTERVAL
+    if last_used_at is not None and last_used_at > cutoff:
+        return False
+    previous = _written.setdefault(engine, {}).get(key_id)
+    return previous is None or previous <= cutoff
+
+
 def note_use(
     conn: sa.Connection, key_id: int, last_used_at: datetime | None, now: datetime
 ) -> None:
@@ -163,14 +176,10 @@ def note_use(
 
     `last_used_at` is the value the caller just read with the key. Never raises: this is
     bookkeeping, and a request must not fail for it."""
+    if not use_is_due(conn.engine, key_id, last_used_at, now):
+        return
     cutoff = now - LAST_USED_INTERVAL
-    if last_used_at is not None and last_used_at > cutoff:
-        return
-    written = _written.setdefault(conn.engine, {})
-    previous = written.get(key_id)
-    if previous is not None and previous > cutoff:
-        return
-    written[key_id] = now
+    _written.setdefault(conn.engine, {})[key_id] = now
     k = models.ApiKey
     try:
         conn.execute(
@@ -186,26 +195,37 @@ def note_use(
 
 # Built once: building the statement at each request cost SQLAlchemy about three times what
 # running it does (0.34 vs 0.11 ms CPU per lookup, measured for bench.gateway), on every call.
-_BY_HASH = sa.select(*KEY_COLUMNS).where(models.ApiKey.key_hash == sa.bindparam("digest"))
+_BY_HASH = FastSelect(
+    sa.select(*KEY_COLUMNS).where(models.ApiKey.key_hash == sa.bindparam("digest"))
+)
 
 
-def principal_for_key(db: Database, settings: Settings, token: str) -> Principal | None:
+def principal_for_key(
+    db: Database, settings: Settings, token: str, reader: fast.Reader | None = None
+) -> Principal | None:
     """Who a raw API key stands for (the bearer header, the dashboard's login); None if nobody,
     or if the key has expired.
 
     Read from the database on every request, never cached: a revoked key is refused at once by
-    every server sharing the database. Its last use is noted in the same connection."""
+    every server sharing the database. `reader`: a connection the caller reads more with (the
+    gateway's admission). Its last use is noted, once a minute, in a connection of its own."""
     if settings.admin_key is not None and hmac.compare_digest(
         token.encode(), settings.admin_key.get_secret_value().encode()
     ):
         return Principal(role="admin")
     digest = hash_key(token)
     now = datetime.now(UTC)
-    with db.engine.connect() as conn:
-        row = conn.execute(_BY_HASH, {"digest": digest}).first()
-        if row is None or not hmac.compare_digest(row.key_hash, digest):
-            return None
-        if is_expired(row.expires_at, now):
-            return None
-        note_use(conn, row.id, row.last_used_at, now)
+    if reader is None:
+        with fast.reading(db.engine) as own:
+            rows = _BY_HASH.rows(own, {"digest": digest})
+    else:
+        rows = _BY_HASH.rows(reader, {"digest": digest})
+    row = rows[0] if rows else None
+    if row is None or not hmac.compare_digest(row.key_hash, digest):
+        return None
+    if is_expired(row.expires_at, now):
+        return None
+    if use_is_due(db.engine, row.id, row.last_used_at, now):
+        with db.engine.connect() as conn:
+            note_use(conn, row.id, row.last_used_at, now)
     return principal_of_row(row)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from starlette.types import Receive, Scope, Send
 
 from meter import __version__
 from meter.api.errors import install_error_handlers, reject_unknown_query_params
@@ -43,6 +44,27 @@ from meter.rollup.scheduler import build_scheduler, start_scheduler, stop_schedu
 from meter.settings import Settings
 
 log = logging.getLogger("meter.api")
+
+
+class MeterApp(FastAPI):
+    """The API, with the gateway's calls taken before FastAPI's own layers.
+
+    A gateway call goes straight to its handler (`gateway.GatewayDispatch`): FastAPI's routing,
+    dependencies and its five middleware layers per call cost a large share of a proxy's own
+    work (see BENCHMARKS.md, Gateway), and the gateway answers its own errors, in OpenAI's
+    shape."""
+
+    gateway_dispatch: gateway.GatewayDispatch | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        dispatch = self.gateway_dispatch
+        if dispatch is not None and scope["type"] == "http":
+            route = dispatch.route(scope["path"])
+            if route is not None:
+                scope["app"] = self  # as Starlette sets it: Request.app
+                await dispatch(route, scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -83,7 +105,7 @@ def create_app(
             # May wait for a send in flight (bounded by its timeouts): off the event loop too.
             await asyncio.to_thread(webhooks.stop)
 
-    app = FastAPI(
+    app = MeterApp(
         title="meter",
         version=__version__,
         description="Exact token and cost metering for LLM API calls.",
@@ -102,8 +124,7 @@ def create_app(
     add_purge_job(app.state.scheduler, db, settings)  # when METER_RAW_RETENTION_DAYS
 
     install_error_handlers(app)
-    # Added last, so it runs first: gateway calls skip the API's layers (meter.gateway.routes).
-    app.add_middleware(gateway.GatewayDispatch, max_body_bytes=settings.gateway_max_body_bytes)
+    app.gateway_dispatch = gateway.GatewayDispatch(max_body_bytes=settings.gateway_max_body_bytes)
 
     for module in (
         health,

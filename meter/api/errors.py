@@ -195,9 +195,9 @@ class BodySizeLimit:
             return
         gateway = scope.get("path") in self.gateway_paths
         limit = self.gateway_max_bytes if gateway else self.max_bytes
-        declared = _content_length(scope)
+        declared = content_length(scope)
         if declared is not None and declared > limit:
-            await _too_large(limit, gateway)(scope, receive, send)
+            await too_large(limit, gateway)(scope, receive, send)
             return
         received = 0
         started = False
@@ -221,10 +221,10 @@ class BodySizeLimit:
         except BodyTooLarge:
             if started:
                 raise
-            await _too_large(limit, gateway)(scope, receive, send)
+            await too_large(limit, gateway)(scope, receive, send)
 
 
-def _content_length(scope: Scope) -> int | None:
+def content_length(scope: Scope) -> int | None:
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
             try:
@@ -234,7 +234,7 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-def _too_large(limit: int = MAX_BODY_BYTES, gateway: bool = False) -> JSONResponse:
+def too_large(limit: int = MAX_BODY_BYTES, gateway: bool = False) -> JSONResponse:
     detail = f"request body larger than {limit // 1024**2} MiB"
     if gateway:
         error = {"message": detail, "type": "invalid_request_error", "param": None, "code": None}

@@ -43,6 +43,7 @@ from decimal import Decimal
 
 from meter.budgets.repository import BudgetRow
 from meter.budgets.rules import budget_window
+from meter.db import fast
 from meter.db.session import Database
 from meter.gateway import repository as repo
 from meter.metrics import RESERVATION_EXCEEDED
@@ -102,15 +103,20 @@ class BudgetGate:
     # -- which budgets a call falls under ---------------------------------------------------
 
     def covering(
-        self, team: str | None, user: str | None, tags: dict[str, str] | None = None
+        self,
+        team: str | None,
+        user: str | None,
+        tags: dict[str, str] | None = None,
+        reader: fast.Reader | None = None,
     ) -> list[BudgetRow]:
         """The enforced budgets covering a call, read now (a budget created a moment ago
-        applies to the next call). Raises BudgetUnavailable when they cannot be read."""
+        applies to the next call). Raises BudgetUnavailable when they cannot be read.
+        `reader`: the caller's connection (the admission's), else one of its own."""
         try:
-            with self.db.engine.connect() as conn:
-                conn = conn.execution_options(readonly=True)
-                with conn.begin():
-                    return repo.covering_budgets(conn, team, user, tags)
+            if reader is not None:
+                return repo.covering_budgets(reader, team, user, tags)
+            with fast.reading(self.db.engine) as own:
+                return repo.covering_budgets(own, team, user, tags)
         except Exception as exc:
             raise BudgetUnavailable(str(exc)) from exc
 

@@ -22,14 +22,16 @@ from typing import Any
 
 import anyio
 import httpx
+import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from meter._exceptions import InvalidRequest
-from meter.api.errors import BodySizeLimit
+from meter.api.errors import BodyTooLarge, content_length, too_large
 from meter.budgets.repository import BudgetRow
 from meter.client._record import Call
+from meter.db import fast
 from meter.db.session import Database
 from meter.gateway.errors import openai_error
 from meter.gateway.holds import BudgetGate, BudgetUnavailable, Claim, Refusal
@@ -116,7 +118,9 @@ def gateway_of(request: Request) -> Gateway:
 _START_LOCK = threading.Lock()
 
 
-def _authenticate(request: Request, gateway: Gateway) -> Principal | Response:
+def _authenticate(
+    request: Request, gateway: Gateway, reader: fast.Reader | None = None
+) -> Principal | Response:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()
@@ -131,7 +135,7 @@ def _authenticate(request: Request, gateway: Gateway) -> Principal | Response:
             code="invalid_api_key",
             headers=unauthorized,
         )
-    principal = principal_for_key(gateway.db, gateway.settings, token)
+    principal = principal_for_key(gateway.db, gateway.settings, token, reader)
     if principal is None:
         return openai_error(
             401,
@@ -157,6 +161,17 @@ def _upstream_key_missing() -> Response:
         "the meter server has no upstream key: set OPENROUTER_API_KEY where `meter serve` runs",
         type="server_error",
         code="upstream_key_missing",
+    )
+
+
+def _database_unreachable(exc: Exception) -> Response:
+    log.warning("gateway: the database cannot be reached, refusing: %s", exc)
+    return openai_error(
+        503,
+        "meter's database cannot be reached, so the key cannot be checked; retry later",
+        type="server_error",
+        code="database_unavailable",
+        headers={"Retry-After": "1"},
     )
 
 
@@ -243,19 +258,24 @@ def _admission(
     occurred_at: datetime,
 ) -> Response | tuple[Principal, Tags, list[BudgetRow] | BudgetUnavailable, Reserved]:
     """(in a worker thread) The caller's key, then the enforced budgets covering the call,
-    then, when the call is valid and covered, its reservation: one trip for all three.
-    Tags: the key's, else the X-Meter-Tags header's (a bad header matters only then)."""
-    principal = _authenticate(request, gateway)
-    if isinstance(principal, Response):
-        return principal
-    tags = principal.tags or header_tags
-    if req is None or isinstance(tags, InvalidRequest):
-        return principal, tags, [], None
-    user = principal.user or req.body_user
+    then, when the call is valid and covered, its reservation: one trip for all three, the
+    key and the budgets read on one connection. Tags: the key's, else the X-Meter-Tags
+    header's (a bad header matters only then)."""
     try:
-        budgets = gateway.gate.covering(principal.team, user, tags)
-    except BudgetUnavailable as exc:
-        return principal, tags, exc, None
+        with fast.reading(gateway.db.engine) as reader:
+            principal = _authenticate(request, gateway, reader)
+            if isinstance(principal, Response):
+                return principal
+            tags = principal.tags or header_tags
+            if req is None or isinstance(tags, InvalidRequest):
+                return principal, tags, [], None
+            user = principal.user or req.body_user
+            try:
+                budgets = gateway.gate.covering(principal.team, user, tags, reader)
+            except BudgetUnavailable as exc:
+                return principal, tags, exc, None
+    except sa.exc.OperationalError as exc:
+        return _database_unreachable(exc)
     reserved: Reserved = None
     if (
         budgets
@@ -415,22 +435,41 @@ def _route(path: str) -> tuple[str | None, Callable[[Request], Awaitable[Respons
 
 
 class GatewayDispatch:
-    """ASGI middleware: the gateway's paths go straight to their handlers (within a body size
-    limit of their own); everything else goes on to the API."""
+    """The gateway's paths, answered straight from the ASGI call (`MeterApp` hands them over
+    before any of FastAPI's layers), within a body size limit of their own; None from `route`
+    for every other path, which goes on to the API."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
-        self.app = app
+    def __init__(self, max_body_bytes: int) -> None:
         self.max_body_bytes = max_body_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = _route(scope["path"]) if scope["type"] == "http" else None
-        if route is None:
-            await self.app(scope, receive, send)
-            return
-        method, handler = route
+    route = staticmethod(_route)
 
-        async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-            request = Request(scope, receive)
+    async def __call__(
+        self,
+        route: tuple[str | None, Callable[[Request], Awaitable[Response]]],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        method, handler = route
+        limit = self.max_body_bytes
+        declared = content_length(scope)
+        if declared is not None and declared > limit:
+            await too_large(limit, gateway=True)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge()
+            return message
+
+        request = Request(scope, limited_receive)
+        try:
             if method is not None and request.method != method:
                 response = openai_error(
                     405,
@@ -441,12 +480,14 @@ class GatewayDispatch:
                 )
             else:
                 response = await handler(request)
-            await response(scope, receive, send)
-
-        limited = BodySizeLimit(
-            endpoint,
-            max_bytes=self.max_body_bytes,
-            gateway_paths=frozenset([scope["path"]]),
-            gateway_max_bytes=self.max_body_bytes,
-        )
-        await limited(scope, receive, send)
+        except BodyTooLarge:  # the body is read before anything is sent
+            response = too_large(limit, gateway=True)
+        except Exception:
+            log.exception("gateway: %s %s failed", request.method, request.url.path)
+            response = openai_error(
+                500,
+                "meter's gateway failed on this call; the server's log says why",
+                type="server_error",
+                code="internal_error",
+            )
+        await response(scope, receive, send)

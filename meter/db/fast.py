@@ -1,0 +1,96 @@
+"""Reads on a hot path (every gateway call's key and budgets) without SQLAlchemy's work per
+execution: a SELECT compiled once per dialect, run on the pool's raw DBAPI connection, its
+columns decoded by their own types' result processors.
+
+`Connection.execute` costs ~90 us of Python per statement here (events, execution context,
+the cursor's result proxy, BEGIN and COMMIT on SQLite), several times what the database takes
+for a lookup by primary key; a gateway call made two of them, each with its own connection
+(BENCHMARKS.md, Gateway). Only for plain SELECTs whose parameters need no bind processing
+(strings, numbers); everything else goes through SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect, Engine
+
+# (SQL, parameter names in order or None for named, result processors, row type, literals)
+_Compiled = tuple[str, tuple[str, ...] | None, list[Any], Any, dict[str, Any]]
+
+
+class FastSelect:
+    """A SELECT with named bind parameters, compiled on first use for each dialect."""
+
+    def __init__(self, statement: sa.Select[*tuple[Any, ...]]) -> None:
+        self.statement = statement
+        self._compiled: dict[str, _Compiled] = {}
+
+    def _compile(self, dialect: Dialect) -> _Compiled:
+        found = self._compiled.get(dialect.name)
+        if found is None:
+            compiled = self.statement.compile(dialect=dialect)
+            # The statement's own literals (`scope == "global"`) are bound parameters too.
+            defaults = {
+                name: bind.effective_value
+                for name, bind in compiled.binds.items()
+                if not bind.required
+            }
+            positional = tuple(compiled.positiontup) if compiled.positional else None  # type: ignore[arg-type]
+            columns = list(self.statement.selected_columns)
+            processors = [
+                c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
+            ]
+            row = namedtuple("row", [c.key for c in columns])  # type: ignore[misc]
+            found = (compiled.string, positional, processors, row, defaults)
+            self._compiled[dialect.name] = found
+        return found
+
+    def rows(self, reader: Reader, params: Mapping[str, Any]) -> list[Any]:
+        sql, positional, processors, row, defaults = self._compile(reader.dialect)
+        values = {**defaults, **params} if defaults else params
+        cursor = reader.cursor
+        try:
+            cursor.execute(sql, tuple(values[p] for p in positional) if positional else values)
+            found = cursor.fetchall()
+        except reader.dialect.loaded_dbapi.Error as exc:
+            # As SQLAlchemy raises them (OperationalError...), for the callers' handlers.
+            raise sa.exc.DBAPIError.instance(
+                sql,
+                None,
+                exc,
+                reader.dialect.loaded_dbapi.Error,
+                hide_parameters=True,
+                dialect=reader.dialect,
+            ) from exc
+        return [
+            row._make(v if p is None else p(v) for p, v in zip(processors, raw, strict=True))
+            for raw in found
+        ]
+
+
+class Reader:
+    """One pooled connection's cursor, for a few FastSelects in a row."""
+
+    def __init__(self, dialect: Dialect, cursor: Any) -> None:
+        self.dialect = dialect
+        self.cursor = cursor
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Reader]:
+    """A connection from the engine's pool (pre-pinged where the engine does) and a cursor; on
+    the way out whatever it read is ended (the pool rolls back on return) and it goes back."""
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        try:
+            yield Reader(engine.dialect, cursor)
+        finally:
+            cursor.close()
+    finally:
+        raw.close()
