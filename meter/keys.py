@@ -19,6 +19,7 @@ import json
 import logging
 import secrets
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -201,14 +202,19 @@ _BY_HASH = FastSelect(
 
 
 def principal_for_key(
-    db: Database, settings: Settings, token: str, reader: fast.Reader | None = None
+    db: Database,
+    settings: Settings,
+    token: str,
+    reader: fast.Reader | None = None,
+    later: list[Callable[[], None]] | None = None,
 ) -> Principal | None:
     """Who a raw API key stands for (the bearer header, the dashboard's login); None if nobody,
     or if the key has expired.
 
     Read from the database on every request, never cached: a revoked key is refused at once by
     every server sharing the database. `reader`: a connection the caller reads more with (the
-    gateway's admission). Its last use is noted, once a minute, in a connection of its own."""
+    gateway's admission). Its last use is noted, once a minute, in a connection of its own:
+    with `later`, that write is handed to the caller to run (where it may wait) instead."""
     if settings.admin_key is not None and hmac.compare_digest(
         token.encode(), settings.admin_key.get_secret_value().encode()
     ):
@@ -226,6 +232,13 @@ def principal_for_key(
     if is_expired(row.expires_at, now):
         return None
     if use_is_due(db.engine, row.id, row.last_used_at, now):
-        with db.engine.connect() as conn:
-            note_use(conn, row.id, row.last_used_at, now)
+
+        def note() -> None:
+            with db.engine.connect() as conn:
+                note_use(conn, row.id, row.last_used_at, now)
+
+        if later is None:
+            note()
+        else:
+            later.append(note)
     return principal_of_row(row)

@@ -94,3 +94,19 @@ def reading(engine: Engine) -> Iterator[Reader]:
             cursor.close()
     finally:
         raw.close()
+
+
+class OwnReader(Reader):
+    """A connection of its own, outside the pool, for one thread's reads (the gateway's event
+    loop on SQLite): never waits for a pooled connection that worker threads hold. SQLite in
+    autocommit, so each SELECT is its own short read transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        raw = engine.raw_connection()
+        raw.detach()  # ours until closed; the pool opens another in its place
+        self._raw = raw
+        super().__init__(engine.dialect, raw.cursor())
+
+    def close(self) -> None:
+        self.cursor.close()
+        self._raw.close()

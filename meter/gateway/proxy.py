@@ -17,13 +17,14 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import httpx
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from meter.client._capture import (
     End,
@@ -96,20 +97,26 @@ def make_http_client(settings: Settings) -> httpx.AsyncClient:
     )
 
 
+_HELD_BACK_RAW = frozenset(name.encode() for name in _HELD_BACK_REQUEST_HEADERS)
+
+
 def upstream_headers(
-    settings: Settings, client_headers: Mapping[str, str], stream: bool
-) -> dict[str, str]:
+    settings: Settings, client_headers: Sequence[tuple[bytes, bytes]], stream: bool
+) -> list[tuple[bytes, bytes]]:
+    """The upstream request's headers: the server's key and meter's own, then the client's
+    (as the raw bytes of the ASGI scope) minus those held back."""
     assert settings.openrouter_api_key is not None
-    headers = {
-        "Authorization": f"Bearer {settings.openrouter_api_key.get_secret_value()}",
-        "Content-Type": "application/json",
-        "Accept": "text/event-stream" if stream else "application/json",
-        "Accept-Encoding": "identity",
-    }
-    for name, value in client_headers.items():
-        lower = name.lower()
-        if lower not in _HELD_BACK_REQUEST_HEADERS and not lower.startswith("x-meter-"):
-            headers[name] = value
+    headers = [
+        (b"authorization", f"Bearer {settings.openrouter_api_key.get_secret_value()}".encode()),
+        (b"content-type", b"application/json"),
+        (b"accept", b"text/event-stream" if stream else b"application/json"),
+        (b"accept-encoding", b"identity"),
+    ]
+    headers += [
+        (name, value)
+        for name, value in client_headers
+        if name not in _HELD_BACK_RAW and not name.startswith(b"x-meter-")
+    ]
     return headers
 
 
@@ -123,6 +130,31 @@ def response_headers(upstream: httpx.Response, *, decoded: bool) -> dict[str, st
             continue
         out[name] = value
     return out
+
+
+_DROPPED_RAW = frozenset(name.encode() for name in _DROPPED_RESPONSE_HEADERS)
+_EVENT_ID_RAW = EVENT_ID_HEADER.lower().encode()
+
+
+class UpstreamResponse(Response):
+    """A whole upstream answer sent on as it came: its status and body, and its headers as the
+    raw bytes httpx read (minus those `response_headers` drops), never decoded and encoded
+    again header by header, plus Content-Length and the event's id."""
+
+    def __init__(self, upstream: httpx.Response, body: bytes, event_id: str) -> None:
+        self.status_code = upstream.status_code
+        self.body = body
+        self.background = None
+        headers = [(k.lower(), v) for k, v in upstream.headers.raw if k.lower() not in _DROPPED_RAW]
+        headers.append((b"content-length", str(len(body)).encode()))
+        headers.append((_EVENT_ID_RAW, event_id.encode()))
+        self.raw_headers = headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        await send({"type": "http.response.body", "body": self.body})
 
 
 def _inflater(encoding: str) -> Any:
@@ -190,9 +222,7 @@ async def forward_plain(
         outcome = read_completion(body).outcome
         GATEWAY_CALLS.labels("forwarded").inc()
     await recording.finish(outcome)
-    headers = response_headers(upstream, decoded=False)
-    headers[EVENT_ID_HEADER] = event_id
-    return Response(body, upstream.status_code, headers=headers)
+    return UpstreamResponse(upstream, body, event_id)
 
 
 async def _unreachable(exc: httpx.HTTPError, recording: Recording) -> Response:
@@ -241,9 +271,7 @@ async def forward_stream(
             outcome = read_completion(body).outcome
         GATEWAY_CALLS.labels("upstream_error" if upstream.status_code >= 400 else "forwarded").inc()
         await recording.finish(outcome)
-        headers = response_headers(upstream, decoded=False)
-        headers[EVENT_ID_HEADER] = str(recording.call.event_id)
-        return Response(body, upstream.status_code, headers=headers)
+        return UpstreamResponse(upstream, body, str(recording.call.event_id))
     GATEWAY_CALLS.labels("forwarded").inc()
     relay = Relay(upstream, recording, strip)
     headers = response_headers(upstream, decoded=relay.rewrite)

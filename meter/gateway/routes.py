@@ -11,6 +11,7 @@ Every answer that is not the upstream's own is in OpenAI's error envelope.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -84,6 +85,23 @@ class Gateway:
     _http: httpx.AsyncClient | None = None
     _models: tuple[float, Response] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _loop_reader: fast.OwnReader | None = None
+    _urls: dict[str, httpx.URL] = field(default_factory=dict)
+
+    def upstream_url(self, path: str) -> httpx.URL:
+        """The upstream's URL of a path, parsed once."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = httpx.URL(self.settings.upstream_base_url.rstrip("/") + path)
+        return url
+
+    def loop_reader(self) -> fast.OwnReader | None:
+        """SQLite: a connection of the event loop's own, so that an admission's reads (a few
+        tens of microseconds, never waiting: WAL readers do not wait for writers) skip the
+        trip to a worker thread. None on PostgreSQL, whose reads are network round trips."""
+        if self._loop_reader is None and self.db.engine.dialect.name == "sqlite":
+            self._loop_reader = fast.OwnReader(self.db.engine)
+        return self._loop_reader
 
     @classmethod
     def start(cls, settings: Settings, db: Database) -> Gateway:
@@ -99,6 +117,8 @@ class Gateway:
     async def aclose(self) -> None:
         if self._http is not None:
             await self._http.aclose()
+        if self._loop_reader is not None:
+            self._loop_reader.close()
         self.gate.close()
         await anyio.to_thread.run_sync(self.meter.close)
 
@@ -119,7 +139,10 @@ _START_LOCK = threading.Lock()
 
 
 def _authenticate(
-    request: Request, gateway: Gateway, reader: fast.Reader | None = None
+    request: Request,
+    gateway: Gateway,
+    reader: fast.Reader | None = None,
+    later: list[Callable[[], None]] | None = None,
 ) -> Principal | Response:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -135,7 +158,7 @@ def _authenticate(
             code="invalid_api_key",
             headers=unauthorized,
         )
-    principal = principal_for_key(gateway.db, gateway.settings, token, reader)
+    principal = principal_for_key(gateway.db, gateway.settings, token, reader, later)
     if principal is None:
         return openai_error(
             401,
@@ -199,15 +222,27 @@ async def _completions(request: Request, kind: str, path: str) -> Response:
         header_tags = parse_tags_header(request.headers.get(TAGS_HEADER))
     except InvalidRequest as exc:
         header_tags = exc
-    # One trip to a worker thread for the database: the key, the budgets covering the call
-    # and, when one does, its reservation (a bad key is a 401 before a bad body is a 400).
+    # The database: the key, the budgets covering the call and, when one does, its
+    # reservation (a bad key is a 401 before a bad body is a 400). In one trip to a worker
+    # thread; on SQLite the reads on the event loop, and a worker thread only for a write.
     event_id = uuid7()
-    admission = await anyio.to_thread.run_sync(
-        _admission, request, gateway, req, header_tags, event_id, occurred_at
-    )
+    reader = gateway.loop_reader()
+    if reader is None:
+        admission = await anyio.to_thread.run_sync(
+            _admission, request, gateway, req, header_tags, event_id, occurred_at
+        )
+    else:
+        later: list[Callable[[], None]] = []
+        admission = _admission(
+            request, gateway, req, header_tags, event_id, occurred_at, reader, later
+        )
+        for write in later:  # the key's last use, once a minute
+            await anyio.to_thread.run_sync(write)
     if isinstance(admission, Response):
         return admission
     principal, tags, budgets, reserved = admission
+    if isinstance(reserved, Claim):  # read on the loop: the reservation is a write
+        reserved = await anyio.to_thread.run_sync(_reserve_claim, gateway, reserved, budgets)
     if settings.openrouter_api_key is None:
         return _upstream_key_missing()
     if invalid is None and isinstance(tags, InvalidRequest):
@@ -234,9 +269,9 @@ async def _completions(request: Request, kind: str, path: str) -> Response:
     recording = Recording(call, claim, gateway.gate)
     outgoing = gateway.http().build_request(
         "POST",
-        settings.upstream_base_url.rstrip("/") + path,
+        gateway.upstream_url(path),
         content=req.content,
-        headers=upstream_headers(settings, request.headers, req.stream),
+        headers=upstream_headers(settings, request.scope["headers"], req.stream),
     )
     if req.stream:
         return await forward_stream(gateway.http(), outgoing, recording, req.strip_usage_chunk)
@@ -245,8 +280,10 @@ async def _completions(request: Request, kind: str, path: str) -> Response:
 
 Tags = dict[str, str] | InvalidRequest | None
 # A reservation made in the admission's trip: the claim and its refusal (None: admitted), or
-# why the budget state could not be read.
-Reserved = tuple[Claim, Refusal | None] | BudgetUnavailable | None
+# why the budget state could not be read; or, when the admission read on the event loop, the
+# claim still to reserve.
+Reserved = tuple[Claim, Refusal | None] | BudgetUnavailable | Claim | None
+Admission = tuple[Principal, Tags, list[BudgetRow] | BudgetUnavailable, Reserved]
 
 
 def _admission(
@@ -256,14 +293,20 @@ def _admission(
     header_tags: Tags,
     event_id: uuid.UUID,
     occurred_at: datetime,
-) -> Response | tuple[Principal, Tags, list[BudgetRow] | BudgetUnavailable, Reserved]:
-    """(in a worker thread) The caller's key, then the enforced budgets covering the call,
-    then, when the call is valid and covered, its reservation: one trip for all three, the
-    key and the budgets read on one connection. Tags: the key's, else the X-Meter-Tags
-    header's (a bad header matters only then)."""
+    reader: fast.Reader | None = None,
+    later: list[Callable[[], None]] | None = None,
+) -> Response | Admission:
+    """The caller's key, then the enforced budgets covering the call, then, when the call is
+    valid and covered, its reservation: in a worker thread, one trip for all three, the key
+    and the budgets read on one connection. With `reader` (on the event loop), the reads
+    alone: writes (the key's last use, the reservation) are left to the caller, in `later`
+    and as the claim to reserve. Tags: the key's, else the X-Meter-Tags header's (a bad
+    header matters only then)."""
     try:
-        with fast.reading(gateway.db.engine) as reader:
-            principal = _authenticate(request, gateway, reader)
+        with contextlib.ExitStack() as stack:
+            if reader is None:
+                reader = stack.enter_context(fast.reading(gateway.db.engine))
+            principal = _authenticate(request, gateway, reader, later)
             if isinstance(principal, Response):
                 return principal
             tags = principal.tags or header_tags
@@ -292,11 +335,19 @@ def _admission(
             occurred_at=occurred_at,
             worst_case_units=req.worst_case_units(req.price),
         )
-        try:
-            reserved = claim, gateway.gate.admit(claim, budgets)
-        except BudgetUnavailable as exc:
-            reserved = exc
+        reserved = claim if later is not None else _reserve_claim(gateway, claim, budgets)
     return principal, tags, budgets, reserved
+
+
+def _reserve_claim(
+    gateway: Gateway, claim: Claim, budgets: list[BudgetRow] | BudgetUnavailable
+) -> Reserved:
+    """(in a worker thread) The claim reserved under its budgets, or why it could not be."""
+    assert isinstance(budgets, list)
+    try:
+        return claim, gateway.gate.admit(claim, budgets)
+    except BudgetUnavailable as exc:
+        return exc
 
 
 def _reserve(
@@ -330,8 +381,9 @@ def _reserve(
             param=param,
             code="unbounded_cost",
         )
-    # Covered, bounded and with an upstream key: `_admission` reserved it.
-    assert reserved is not None
+    # Covered, bounded and with an upstream key: `_admission` reserved it (or, after reading
+    # on the event loop, `_reserve_claim`).
+    assert reserved is not None and not isinstance(reserved, Claim)
     if isinstance(reserved, BudgetUnavailable):
         return None if fail_open else _budget_unavailable(reserved)
     claim, refusal = reserved
@@ -383,7 +435,7 @@ async def models(request: Request) -> Response:
     try:
         upstream = await gateway.http().get(
             settings.upstream_base_url.rstrip("/") + "/models",
-            headers=upstream_headers(settings, request.headers, stream=False),
+            headers=upstream_headers(settings, request.scope["headers"], stream=False),
         )
     except httpx.TimeoutException as exc:
         return openai_error(
