@@ -165,6 +165,12 @@ def populate(client: TestClient, db: Database) -> World:
     )
     assert r.status_code == 201, r.text
     key_id = r.json()["id"]
+    # Budgets that existed before these weeks: a budget is judged only for periods that end
+    # after it was made (meter.budgets.evaluate), and DAYS lie in the past whatever the date.
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.update(models.Budget).values(created_at=datetime(2026, 10, 1, tzinfo=UTC))
+        )
     run_rollup(db)
     with db.engine.connect() as conn:
         fired = conn.execute(

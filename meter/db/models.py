@@ -395,10 +395,18 @@ class GatewayHold(Base):
     """
 
     __tablename__ = "gateway_holds"
+    # What an admission sums, per budget scope (team, user, global): the holds of one state in
+    # the budget's window, read from the index alone. Led by the state, so that summing the
+    # few open holds never walks the settled ones, which pile up between two roll-ups (with a
+    # team's 3,200 settled holds, (team, day) made an admission 0.8 ms of SQLite work).
     __table_args__ = (
-        sa.Index("ix_gateway_holds_team_day", "team", "day"),
-        sa.Index("ix_gateway_holds_user_day", "user", "day"),
-        sa.Index("ix_gateway_holds_day", "day"),
+        sa.Index(
+            "ix_gateway_holds_team_state", "team", "state", "day", "amount_units", "expires_at"
+        ),
+        sa.Index(
+            "ix_gateway_holds_user_state", "user", "state", "day", "amount_units", "expires_at"
+        ),
+        sa.Index("ix_gateway_holds_state_day", "state", "day", "amount_units", "expires_at"),
     )
 
     event_id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
