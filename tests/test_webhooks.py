@@ -68,8 +68,9 @@ def now_week(db: Database):
 def spend(db: Database, usd: int, **kw: Any) -> int:
     """Set this week's spend and evaluate as the roll-up would; return alerts fired."""
     put_usage(db, now_week(db).start, usd * USD, **kw)
-    # Monday 00:30 of this week: inside the week, too early for a projection.
-    now = now_week(db).bounds(db.tz)[0] + timedelta(minutes=30)
+    # Monday 00:30 of this week (or now, if earlier): inside the week, too early for a
+    # projection, and never in the future, so the alerts are due at once.
+    now = min(now_week(db).bounds(db.tz)[0] + timedelta(minutes=30), datetime.now(UTC))
     return evaluate_after_rollup(db, [now_week(db)], now)
 
 

@@ -81,11 +81,22 @@ class Reader:
         self.cursor = cursor
 
 
+def _connect(engine: Engine) -> Any:
+    """A pooled DBAPI connection; failing to connect raises as SQLAlchemy does."""
+    error = engine.dialect.loaded_dbapi.Error
+    try:
+        return engine.raw_connection()
+    except error as exc:
+        raise sa.exc.DBAPIError.instance(
+            None, None, exc, error, hide_parameters=True, dialect=engine.dialect
+        ) from exc
+
+
 @contextmanager
 def reading(engine: Engine) -> Iterator[Reader]:
     """A connection from the engine's pool (pre-pinged where the engine does) and a cursor; on
     the way out whatever it read is ended (the pool rolls back on return) and it goes back."""
-    raw = engine.raw_connection()
+    raw = _connect(engine)
     try:
         cursor = raw.cursor()
         try:
@@ -102,7 +113,7 @@ class OwnReader(Reader):
     autocommit, so each SELECT is its own short read transaction."""
 
     def __init__(self, engine: Engine) -> None:
-        raw = engine.raw_connection()
+        raw = _connect(engine)
         raw.detach()  # ours until closed; the pool opens another in its place
         self._raw = raw
         super().__init__(engine.dialect, raw.cursor())
