@@ -308,3 +308,37 @@ def test_a_cancelled_stream_keeps_its_full_reservation_until_looked_up(
     assert (event.status, event.usage_source) == ("cancelled", "estimated")
     run_rollup(db)  # the estimate is rolled up, and the reservation stays: no lookup yet
     assert holds(db) == [("held", WORST_CASE, WORST_CASE)]
+
+
+def test_fresh_keys_at_once_do_not_starve_a_small_pool(
+    db_url: str, upstream: tuple[MockUpstream, str], tmp_path: Path
+) -> None:
+    """Every key's first call also notes its use (a write, on a connection of its own). Made
+    while the admission still held its reading connection, 8 such calls at once on a pool of 2
+    each held one connection and waited for a second: all stalled until the pool's timeout,
+    then failed with 500. The write now waits until the reads' connection is back."""
+    from meter.db.engine import make_engine
+    from meter.weeks import load_timezone
+
+    upstream[0].reset()
+    engine = make_engine(db_url, pool_size=2, max_overflow=0, pool_timeout=5)
+    small = Database(engine, load_timezone("UTC"))
+    keys = [gateway_key(small, team=f"team-{i}") for i in range(8)]
+    budget(small, "100", subject="team-0")  # a budget, so the covered calls reserve too
+    server = GatewayServer(gateway_settings(db_url, upstream[1], tmp_path / "spool"), small)
+    try:
+        answers: list[int] = []
+        threads = [
+            threading.Thread(target=lambda k=k: answers.append(post(server, k).status_code))
+            for k in keys
+        ]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(answers) == [200] * 8
+        assert time.monotonic() - t0 < 5  # liveness: not one pool timeout
+    finally:
+        server.stop()
+        engine.dispose()

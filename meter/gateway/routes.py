@@ -302,23 +302,33 @@ def _admission(
     alone: writes (the key's last use, the reservation) are left to the caller, in `later`
     and as the claim to reserve. Tags: the key's, else the X-Meter-Tags header's (a bad
     header matters only then)."""
+    inline = later is not None
+    writes: list[Callable[[], None]] = later if later is not None else []
     try:
         with contextlib.ExitStack() as stack:
             if reader is None:
                 reader = stack.enter_context(fast.reading(gateway.db.engine))
-            principal = _authenticate(request, gateway, reader, later)
+            principal = _authenticate(request, gateway, reader, writes)
             if isinstance(principal, Response):
                 return principal
             tags = principal.tags or header_tags
-            if req is None or isinstance(tags, InvalidRequest):
-                return principal, tags, [], None
-            user = principal.user or req.body_user
-            try:
-                budgets = gateway.gate.covering(principal.team, user, tags, reader)
-            except BudgetUnavailable as exc:
-                return principal, tags, exc, None
+            budgets: list[BudgetRow] | BudgetUnavailable = []
+            user = None
+            if req is not None and not isinstance(tags, InvalidRequest):
+                user = principal.user or req.body_user
+                try:
+                    budgets = gateway.gate.covering(principal.team, user, tags, reader)
+                except BudgetUnavailable as exc:
+                    budgets = exc
     except sa.exc.OperationalError as exc:
         return _database_unreachable(exc)
+    if not inline:
+        # After the reads' connection is back: a write that waited for a second connection
+        # while holding the first could wait for ever once every thread did the same.
+        for write in writes:
+            write()
+    if req is None or isinstance(tags, InvalidRequest) or not isinstance(budgets, list):
+        return principal, tags, budgets, None
     reserved: Reserved = None
     if (
         budgets
@@ -335,7 +345,7 @@ def _admission(
             occurred_at=occurred_at,
             worst_case_units=req.worst_case_units(req.price),
         )
-        reserved = claim if later is not None else _reserve_claim(gateway, claim, budgets)
+        reserved = claim if inline else _reserve_claim(gateway, claim, budgets)
     return principal, tags, budgets, reserved
 
 
