@@ -19,7 +19,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect, Engine
 
-# (SQL, parameter names in order or None for named, result processors, row type, literals)
+# (SQL, parameter names in order or None for named, (column, result processor) pairs, row
+# type, literals)
 _Compiled = tuple[str, tuple[str, ...] | None, list[Any], Any, dict[str, Any]]
 
 
@@ -42,8 +43,11 @@ class FastSelect:
             }
             positional = tuple(compiled.positiontup) if compiled.positional else None  # type: ignore[arg-type]
             columns = list(self.statement.selected_columns)
+            # Only the columns whose type decodes anything (dates, JSON...): (index, function).
             processors = [
-                c.type.dialect_impl(dialect).result_processor(dialect, None) for c in columns
+                (i, p)
+                for i, c in enumerate(columns)
+                if (p := c.type.dialect_impl(dialect).result_processor(dialect, None)) is not None
             ]
             row = namedtuple("row", [c.key for c in columns])  # type: ignore[misc]
             found = (compiled.string, positional, processors, row, defaults)
@@ -67,10 +71,13 @@ class FastSelect:
                 hide_parameters=True,
                 dialect=reader.dialect,
             ) from exc
-        return [
-            row._make(v if p is None else p(v) for p, v in zip(processors, raw, strict=True))
-            for raw in found
-        ]
+        out = []
+        for raw in found:
+            decoded = list(raw)
+            for i, process in processors:
+                decoded[i] = process(decoded[i])
+            out.append(row._make(decoded))
+        return out
 
 
 class Reader:
