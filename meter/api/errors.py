@@ -199,17 +199,7 @@ class BodySizeLimit:
         if declared is not None and declared > limit:
             await too_large(limit, gateway)(scope, receive, send)
             return
-        received = 0
         started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise BodyTooLarge()  # inside a route: FastAPI hands it to _on_http_error
-            return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
@@ -217,11 +207,28 @@ class BodySizeLimit:
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            # BodyTooLarge inside a route: FastAPI hands it to _on_http_error
+            await self.app(scope, limited_receive(receive, limit), tracking_send)
         except BodyTooLarge:
             if started:
                 raise
             await too_large(limit, gateway)(scope, receive, send)
+
+
+def limited_receive(receive: Receive, limit: int) -> Receive:
+    """`receive`, raising BodyTooLarge once the body read so far is over `limit` bytes."""
+    received = 0
+
+    async def limited() -> Message:
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise BodyTooLarge()
+        return message
+
+    return limited
 
 
 def content_length(scope: Scope) -> int | None:

@@ -26,10 +26,10 @@ import httpx
 import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from meter._exceptions import InvalidRequest
-from meter.api.errors import BodyTooLarge, content_length, too_large
+from meter.api.errors import BodyTooLarge, content_length, limited_receive, too_large
 from meter.budgets.repository import BudgetRow
 from meter.client._record import Call
 from meter.db import fast
@@ -519,18 +519,7 @@ class GatewayDispatch:
         if declared is not None and declared > limit:
             await too_large(limit, gateway=True)(scope, receive, send)
             return
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise BodyTooLarge()
-            return message
-
-        request = Request(scope, limited_receive)
+        request = Request(scope, limited_receive(receive, limit))
         try:
             if method is not None and request.method != method:
                 response = openai_error(
