@@ -74,3 +74,33 @@ def test_database_errors_are_sqlalchemys(db: Database) -> None:
     finally:
         with db.engine.begin() as conn:
             conn.execute(sa.text("ALTER TABLE api_keys_gone RENAME TO api_keys"))
+
+
+def test_the_loops_reader_sees_every_commit_at_once(db: Database) -> None:
+    """The gateway's own reader (SQLite) keeps what it read until any other connection
+    commits: a revoked key, a new key or a changed row is read again by the next call."""
+    with db.engine.begin() as conn:
+        key_id, key, _ = create_key(conn, "gateway", "search", "k")
+    by_hash = {"digest": hash_key(key)}
+    reader = fast.OwnReader(db.engine)
+    select = FastSelect(
+        sa.select(*KEY_COLUMNS).where(models.ApiKey.key_hash == sa.bindparam("digest"))
+    )
+    try:
+        reader.fresh()
+        assert [r.id for r in select.rows(reader, by_hash)] == [key_id]
+        assert [r.team for r in select.rows(reader, by_hash)] == ["search"]
+        with db.engine.begin() as conn:  # another connection commits
+            conn.execute(sa.update(models.ApiKey).values(team="ads"))
+        reader.fresh()
+        assert [r.team for r in select.rows(reader, by_hash)] == ["ads"]
+        with db.engine.begin() as conn:
+            conn.execute(sa.delete(models.ApiKey))
+        reader.fresh()
+        assert select.rows(reader, by_hash) == []
+        if db.engine.dialect.name == "sqlite":
+            assert reader.cache is not None and len(reader.cache) == 1
+        else:
+            assert reader.cache is None  # PostgreSQL: every call reads
+    finally:
+        reader.close()

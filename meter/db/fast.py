@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect, Engine
 
+CACHE_MAX = 4096  # an OwnReader's remembered results (keys, budget lookups); then forgotten
 # (SQL, parameter names in order or None for named, (column, result processor) pairs, row
 # type, literals)
 _Compiled = tuple[str, tuple[str, ...] | None, list[Any], Any, dict[str, Any]]
@@ -55,6 +56,20 @@ class FastSelect:
         return found
 
     def rows(self, reader: Reader, params: Mapping[str, Any]) -> list[Any]:
+        cache = reader.cache
+        if cache is not None:
+            key = (id(self), *params.items())
+            hit = cache.get(key)
+            if hit is not None:
+                return hit
+        found = self._run(reader, params)
+        if cache is not None:
+            if len(cache) >= CACHE_MAX:
+                cache.clear()
+            cache[key] = found
+        return found
+
+    def _run(self, reader: Reader, params: Mapping[str, Any]) -> list[Any]:
         sql, positional, processors, row, defaults = self._compile(reader.dialect)
         values = {**defaults, **params} if defaults else params
         cursor = reader.cursor
@@ -82,6 +97,8 @@ class FastSelect:
 
 class Reader:
     """One pooled connection's cursor, for a few FastSelects in a row."""
+
+    cache: dict[tuple[Any, ...], list[Any]] | None = None  # OwnReader on SQLite
 
     def __init__(self, dialect: Dialect, cursor: Any) -> None:
         self.dialect = dialect
@@ -117,13 +134,32 @@ def reading(engine: Engine) -> Iterator[Reader]:
 class OwnReader(Reader):
     """A connection of its own, outside the pool, for one thread's reads (the gateway's event
     loop on SQLite): never waits for a pooled connection that worker threads hold. SQLite in
-    autocommit, so each SELECT is its own short read transaction."""
+    autocommit, so each SELECT is its own short read transaction.
+
+    What it read is kept until the database changes: SQLite's `PRAGMA data_version` changes
+    whenever another connection, in any process, commits (this one never writes), and `fresh`
+    forgets everything then. So a key revoked or a budget created anywhere is seen by the very
+    next call, as when every call read the tables (4 us for the pragma instead of ~80 us for
+    the key's and the budgets' reads)."""
 
     def __init__(self, engine: Engine) -> None:
         raw = _connect(engine)
         raw.detach()  # ours until closed; the pool opens another in its place
         self._raw = raw
         super().__init__(engine.dialect, raw.cursor())
+        self._version: int | None = None
+        if engine.dialect.name == "sqlite":
+            self.cache = {}
+
+    def fresh(self) -> None:
+        """Forget what was read if anything was committed since (SQLite; else a no-op)."""
+        if self.cache is None:
+            return
+        self.cursor.execute("PRAGMA data_version")
+        version = self.cursor.fetchone()[0]
+        if version != self._version:
+            self.cache.clear()
+            self._version = version
 
     def close(self) -> None:
         self.cursor.close()

@@ -232,6 +232,7 @@ async def _completions(request: Request, kind: str, path: str) -> Response:
             _admission, request, gateway, req, header_tags, event_id, occurred_at
         )
     else:
+        reader.fresh()
         later: list[Callable[[], None]] = []
         admission = _admission(
             request, gateway, req, header_tags, event_id, occurred_at, reader, later
