@@ -56,6 +56,8 @@ class FastSelect:
         return found
 
     def rows(self, reader: Reader, params: Mapping[str, Any]) -> list[Any]:
+        """The rows for `params`, as named tuples; from an OwnReader, as of its last `fresh`
+        (the same list for the same parameters until something is committed: not to change)."""
         cache = reader.cache
         if cache is not None:
             key = (id(self), *params.items())
