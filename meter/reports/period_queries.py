@@ -12,14 +12,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from meter.db import models
-from meter.periods import PeriodKind, Pieces, as_date, pieces
+from meter.periods import PeriodKind, Pieces, pieces
 from meter.reports.queries import DIMENSIONS, Totals, totals_columns, totals_of
+from meter.rollup.repository import dirty_months
 
 du: sa.Table = models.DailyUsage.__table__  # type: ignore[assignment]
 wu: sa.Table = models.WeeklyUsage.__table__  # type: ignore[assignment]
 dtu: sa.Table = models.DailyTagUsage.__table__  # type: ignore[assignment]
 mu: sa.Table = models.MonthlyUsage.__table__  # type: ignore[assignment]
-dm: sa.Table = models.RollupDirtyMonth.__table__  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -143,11 +143,6 @@ _SUMMED = (
 )
 
 
-def dirty_months(conn: Connection) -> frozenset[date]:
-    """The months whose monthly rows are waiting for the roll-up (meter.rollup.engine)."""
-    return frozenset(as_date(v) for v in conn.execute(sa.select(dm.c.month_start)).scalars())
-
-
 def _days_rows(p: Pieces, *where: Callable[[sa.Table], Any]) -> Any:
     """The roll-up rows of `p` as one derived table: the monthly rows of its whole months, the
     weekly rows of its whole weeks, the daily rows of its days (exact: months and weeks are
@@ -171,7 +166,7 @@ def _days_rows(p: Pieces, *where: Callable[[sa.Table], Any]) -> Any:
 def _pieces(conn: Connection, first_day: date, last_day: date) -> Pieces:
     """`periods.pieces` of local days first_day..last_day; a month the roll-up has marked is
     read from its weeks and days."""
-    return pieces(first_day, last_day, dirty_months(conn))
+    return pieces(first_day, last_day, set(dirty_months(conn)))
 
 
 def billing_lines(

@@ -438,6 +438,7 @@ def mark_months(conn: Connection, chunk: Chunk) -> None:
 
 
 def dirty_months(conn: Connection) -> list[date]:
+    """The months whose monthly rows wait for the month step, oldest first."""
     rows = conn.execute(sa.text("SELECT month_start FROM rollup_dirty_months ORDER BY 1"))
     return [as_date(r[0]) for r in rows]
 
