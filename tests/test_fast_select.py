@@ -1,10 +1,14 @@
-"""meter.db.fast: a SELECT run on the raw DBAPI connection reads exactly what SQLAlchemy's
-Connection.execute reads (dates and times aware UTC, JSON decoded, NULLs), on both databases,
-and its errors are SQLAlchemy's."""
+"""meter.db.fast: statements run on the raw DBAPI connection read and write exactly what
+SQLAlchemy's Connection.execute would (dates and times aware UTC, JSON, UUIDs, NULLs), on both
+databases; their errors are SQLAlchemy's; a failed transaction leaves nothing; the event loop's
+own SQLite connection never waits for the write lock."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import time
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -12,6 +16,8 @@ import sqlalchemy as sa
 from meter.db import fast, models
 from meter.db.fast import FastSelect
 from meter.db.session import Database
+from meter.gateway import repository as repo
+from meter.ids import uuid7
 from meter.keys import KEY_COLUMNS, create_key, hash_key, principal_for_key
 from meter.settings import get_settings
 
@@ -104,3 +110,105 @@ def test_the_loops_reader_sees_every_commit_at_once(db: Database) -> None:
             assert reader.cache is None  # PostgreSQL: every call reads
     finally:
         reader.close()
+
+
+def _hold(event_id: uuid.UUID, **fields: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "event_id": event_id,
+        "team": "search",
+        "user": "alice",
+        "tags": {"feature": "chat", "env": "prod"},
+        "model": "m/x",
+        "day": date(2026, 12, 6),
+        "week_start": date(2026, 11, 30),
+        "state": "open",
+        "amount_units": 10**15 + 7,
+        "reserved_units": 10**15 + 7,
+        "expires_at": datetime(2026, 12, 6, 23, 59, 59, 999999, tzinfo=UTC),
+        "created_at": datetime(2026, 12, 6, 23, 58, 0, 1, tzinfo=UTC),
+    }
+    values.update(fields)
+    return values
+
+
+def test_statements_write_what_sqlalchemy_reads(db: Database) -> None:
+    """An INSERT and an UPDATE run by meter.db.fast store exactly what SQLAlchemy's own would:
+    UUIDs, JSON, dates and aware UTC times encoded by their types."""
+    H = models.GatewayHold
+    first, second = uuid7(), uuid7()
+    with fast.reading(db.engine) as writer:
+        with writer.transaction():
+            repo.insert_hold(writer, _hold(first))
+            repo.insert_hold(writer, _hold(second, tags=None, user="", expires_at=None))
+        with writer.transaction():
+            repo.settle(writer, second, repo.SETTLED, 42)
+            repo.settle(writer, uuid7(), repo.SETTLED, 1)  # no such hold: nothing
+    with db.engine.connect() as conn:
+        rows = {r.event_id: r for r in conn.execute(sa.select(H))}
+    assert set(rows) == {first, second}
+    a, b = rows[first], rows[second]
+    assert (a.team, a.user, a.tags, a.model, a.state) == (
+        "search", "alice", {"feature": "chat", "env": "prod"}, "m/x", "open",
+    )  # fmt: skip
+    assert (a.day, a.week_start) == (date(2026, 12, 6), date(2026, 11, 30))
+    assert a.amount_units == a.reserved_units == 10**15 + 7
+    assert a.expires_at == datetime(2026, 12, 6, 23, 59, 59, 999999, tzinfo=UTC)
+    assert a.created_at == datetime(2026, 12, 6, 23, 58, 0, 1, tzinfo=UTC)
+    assert (b.state, b.amount_units, b.reserved_units, b.tags, b.user, b.expires_at) == (
+        "settled", 42, 10**15 + 7, None, "", None,
+    )  # fmt: skip
+
+
+def test_a_failed_transaction_leaves_nothing_and_the_connection_usable(db: Database) -> None:
+    event_id = uuid7()
+    with fast.reading(db.engine) as writer:
+        with writer.transaction():
+            repo.insert_hold(writer, _hold(event_id))
+        with pytest.raises(sa.exc.IntegrityError), writer.transaction():
+            repo.insert_hold(writer, _hold(uuid7(), amount_units=1))
+            repo.insert_hold(writer, _hold(event_id))  # the same event: refused
+        with pytest.raises(RuntimeError), writer.transaction():
+            repo.insert_hold(writer, _hold(uuid7(), amount_units=2))
+            raise RuntimeError("the caller changed its mind")
+        with writer.transaction():
+            repo.settle(writer, event_id, repo.SETTLED, 5)
+    with db.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(models.GatewayHold.state, models.GatewayHold.amount_units)
+        ).all()
+    assert [tuple(r) for r in rows] == [("settled", 5)]
+
+
+def test_the_loops_connection_never_waits_for_the_write_lock(db: Database) -> None:
+    """SQLite: while another connection writes, the event loop's own connection is Busy at once
+    (it has done nothing); its own commits keep what it read; another's make it read again."""
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL writers wait for row locks only, on a worker thread")
+    with db.engine.begin() as conn:
+        key_id, key, _ = create_key(conn, "gateway", "search", "k")
+    select = FastSelect(
+        sa.select(*KEY_COLUMNS).where(models.ApiKey.key_hash == sa.bindparam("digest"))
+    )
+    own = fast.OwnReader(db.engine)
+    try:
+        own.fresh()
+        assert [r.id for r in select.rows(own, {"digest": hash_key(key)})] == [key_id]
+        with db.engine.begin() as other:  # holds the write lock until the block ends
+            other.execute(sa.update(models.ApiKey).values(name="renamed"))
+            started = time.monotonic()
+            with pytest.raises(fast.Busy), own.transaction(wait=False):
+                repo.insert_hold(own, _hold(uuid7()))
+            assert time.monotonic() - started < 2  # did not wait for the lock
+        with own.transaction(wait=False):
+            repo.insert_hold(own, _hold(uuid7()))
+        own.fresh()  # the rename committed by another connection: read again
+        assert [r.name for r in select.rows(own, {"digest": hash_key(key)})] == ["renamed"]
+        with own.transaction(wait=False):
+            repo.insert_hold(own, _hold(uuid7()))
+        own.fresh()  # only its own commit since: what it read is kept
+        assert own.cache is not None and len(own.cache) == 1
+    finally:
+        own.close()
+    with db.engine.connect() as conn:
+        count = conn.execute(sa.select(sa.func.count()).select_from(models.GatewayHold))
+        assert count.scalar_one() == 2

@@ -4,6 +4,7 @@ SDKs do not retry, settlement to the exact cost, the roll-up taking over from a 
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -342,3 +343,34 @@ def test_fresh_keys_at_once_do_not_starve_a_small_pool(
     finally:
         server.stop()
         engine.dispose()
+
+
+def test_a_call_waits_for_another_writer_off_the_event_loop(
+    gw: GatewayServer, db: Database, db_url: str, mock: MockUpstream
+) -> None:
+    """SQLite: the gateway reserves and settles on its event loop's own connection, which never
+    waits for the write lock; while another connection holds it, the call waits in a worker
+    thread instead, the server answers meanwhile, and the hold is reserved and settled."""
+    if not db_url.startswith("sqlite"):
+        pytest.skip("SQLite's write lock")
+    key = gateway_key(db)
+    budget(db, "1")
+    writer = sqlite3.connect(sa.make_url(db_url).database or "", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # the write lock, until COMMIT
+    answers: list[httpx.Response] = []
+    call = threading.Thread(target=lambda: answers.append(post(gw, key)))
+    started = time.monotonic()
+    call.start()
+    time.sleep(0.3)
+    assert httpx.get(f"{gw.url}/healthz", timeout=2).status_code == 200  # the loop is free
+    assert answers == []  # waiting for the lock
+    writer.execute("COMMIT")
+    released = time.monotonic() - started
+    call.join(10)
+    writer.close()
+    assert [a.status_code for a in answers] == [200]
+    assert time.monotonic() - started >= released
+    gw.flush()
+    (event,) = stored_events(db_url)
+    assert holds(db) == [("settled", int(Decimal(event.cost_usd or "0") * 10**12), WORST_CASE)]
+    assert len(mock.requests) == 1

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from meter.budgets import service
 from meter.budgets.schemas import BudgetCreate
+from meter.db import fast
 from meter.db.ledger import insert_events, load_price_book
 from meter.db.session import Database
 from meter.events import EventRecord
@@ -221,3 +222,88 @@ def test_a_month_budget_counts_the_holds_of_every_day_of_its_month(db: Database)
     refusal = gate.admit(claim(1), budgets)
     assert refusal is not None and refusal.budget_id == month
     gate.close()
+
+
+def test_the_loops_connection_is_busy_while_another_writes_and_has_done_nothing(
+    db: Database,
+) -> None:
+    """SQLite: the event loop's own connection (`wait=False`) admits and settles as a pooled
+    one does; while another connection holds the write lock it raises Busy at once, having
+    reserved or settled nothing, for the caller to do it on a pooled connection instead."""
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("the event loop's own connection is SQLite's")
+    budget(db, 2 * W)
+    gate = BudgetGate(db)
+    budgets = gate.covering("search", "alice")
+    own = fast.OwnReader(db.engine)
+    try:
+        first, second = claim(), claim()
+        assert gate.admit(first, budgets, own, wait=False) is None
+        with db.engine.begin():  # BEGIN IMMEDIATE: the write lock, until the block ends
+            with pytest.raises(fast.Busy):
+                gate.admit(second, budgets, own, wait=False)
+            with pytest.raises(fast.Busy):
+                gate.settle(first, W // 2, awaiting_lookup=False, writer=own, wait=False)
+        assert states(db) == [("open", W)]
+        gate.settle(first, W // 2, awaiting_lookup=False, writer=own, wait=False)
+        assert gate.admit(second, budgets) is None  # the fallback: a pooled connection
+        assert gate.admit(claim(W // 2), budgets, own, wait=False) is None  # fills it exactly
+        assert gate.admit(claim(1), budgets, own, wait=False) is not None
+        assert states(db) == sorted([("settled", W // 2), ("open", W), ("open", W // 2)])
+    finally:
+        own.close()
+        gate.close()
+
+
+def test_the_loops_connection_and_pooled_ones_together_fill_the_budget_exactly(
+    db: Database, db_url: str
+) -> None:
+    """SQLite: two servers, each with its event loop's connection admitting in a row (falling
+    back to the pool when Busy, as the gateway does) while 20 threads admit through the pools,
+    against room for exactly 10."""
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("the event loop's own connection is SQLite's")
+    budget(db, 10 * W)
+    engines = [database_at(db_url) for _ in range(2)]
+    dbs = [next(e) for e in engines]
+    gates = [BudgetGate(d) for d in dbs]
+    budgets = gates[0].covering("search", "alice")
+    barrier = threading.Barrier(22)
+    admitted: list[bool] = []
+    lock = threading.Lock()
+
+    def note(ok: bool) -> None:
+        with lock:
+            admitted.append(ok)
+
+    def loop(gate: BudgetGate, d: Database) -> None:
+        own = fast.OwnReader(d.engine)
+        barrier.wait(30)
+        try:
+            for _ in range(15):
+                c = claim()
+                try:
+                    refusal = gate.admit(c, budgets, own, wait=False)
+                except fast.Busy:
+                    refusal = gate.admit(c, budgets)
+                note(refusal is None)
+        finally:
+            own.close()
+
+    def pooled(i: int) -> None:
+        barrier.wait(30)
+        note(gates[i % 2].admit(claim(), budgets) is None)
+
+    threads = [threading.Thread(target=loop, args=(g, d)) for g, d in zip(gates, dbs, strict=True)]
+    threads += [threading.Thread(target=pooled, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(admitted) == 50
+    assert admitted.count(True) == 10
+    assert states(db) == [("open", W)] * 10
+    for g in gates:
+        g.close()
+    for e in engines:
+        next(e, None)

@@ -1,110 +1,225 @@
-"""Reads on a hot path (every gateway call's key and budgets) without SQLAlchemy's work per
-execution: a SELECT compiled once per dialect, run on the pool's raw DBAPI connection, its
-columns decoded by their own types' result processors.
+"""Statements on a hot path (every gateway call's key and budgets; a hard budget's reservation
+and settlement) without SQLAlchemy's work per execution: compiled once per dialect, run on a
+raw DBAPI connection, their parameters encoded by their types' bind processors and their
+columns decoded by their result processors.
 
 `Connection.execute` costs ~90 us of Python per statement here (events, execution context,
 the cursor's result proxy, BEGIN and COMMIT on SQLite), several times what the database takes
-for a lookup by primary key; a gateway call made two of them, each with its own connection
-(BENCHMARKS.md, Gateway). Only for plain SELECTs whose parameters need no bind processing
-(strings, numbers); everything else goes through SQLAlchemy.
+for a lookup by primary key or a one-row INSERT (BENCHMARKS.md, Gateway). Statements take named
+parameters; their IN lists are fixed when they are built (rendered once, at compile time).
+
+On PostgreSQL a connection used here is in autocommit while it is lent (a read is one round
+trip, not BEGIN, the read and a ROLLBACK), and `Reader.transaction` runs its statements in
+psycopg's pipeline mode: what needs no answer yet goes out with what comes next, so a
+transaction costs a round trip per answer it waits for, not one per statement.
 """
 
 from __future__ import annotations
 
 from collections import namedtuple
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect, Engine
 
 CACHE_MAX = 4096  # an OwnReader's remembered results (keys, budget lookups); then forgotten
-# (SQL, parameter names in order or None for named, (column, result processor) pairs, row
-# type, literals)
-_Compiled = tuple[str, tuple[str, ...] | None, list[Any], Any, dict[str, Any]]
 
 
-class FastSelect:
-    """A SELECT with named bind parameters, compiled on first use for each dialect."""
+class Busy(Exception):
+    """SQLite: another connection holds the write lock, and this one was told not to wait."""
 
-    def __init__(self, statement: sa.Select[*tuple[Any, ...]]) -> None:
+
+@dataclass(frozen=True)
+class _Compiled:
+    sql: str
+    names: tuple[str, ...] | None  # the parameters in order (SQLite's qmark); None: by name
+    defaults: dict[str, Any]  # the statement's own values (its literals, its IN lists), encoded
+    encoders: dict[str, Callable[[Any], Any]]  # the caller's parameters that need encoding
+    decoders: list[tuple[int, Callable[[Any], Any]]]  # (column, result processor)
+    row: Any  # the rows' namedtuple type; None for a statement without rows
+
+
+def _compile(statement: Any, dialect: Dialect, column_keys: Sequence[str] | None) -> _Compiled:
+    compiled = statement.compile(dialect=dialect, column_keys=column_keys)
+    # The IN lists rendered now, the caller's parameters left as placeholders.
+    required = {b.key: None for b in compiled.binds.values() if b.required}
+    expanded = compiled.construct_expanded_state(required)
+    encoders: dict[str, Callable[[Any], Any]] = dict(expanded.processors)
+    for name, bind in compiled.binds.items():
+        process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        if process is not None:
+            encoders[name] = process
+    defaults = {}
+    for name, value in expanded.parameters.items():
+        if name not in required:
+            process = encoders.get(name)
+            defaults[name] = process(value) if process is not None else value
+    decoders: list[tuple[int, Callable[[Any], Any]]] = []
+    row: Any = None
+    columns: list[Any] = []
+    if statement.is_select:
+        columns = list(statement.selected_columns)
+    elif getattr(statement, "_returning", ()):
+        columns = list(statement.returning)
+    if columns:
+        decoders = [
+            (i, p)
+            for i, c in enumerate(columns)
+            if (p := c.type.dialect_impl(dialect).result_processor(dialect, None)) is not None
+        ]
+        row = namedtuple("row", [c.key for c in columns], rename=True)  # type: ignore[misc,no-redef]
+    return _Compiled(
+        sql=expanded.statement,
+        names=tuple(expanded.positiontup) if compiled.positional else None,  # type: ignore[arg-type]
+        defaults=defaults,
+        encoders={k: p for k, p in encoders.items() if k in required},
+        decoders=decoders,
+        row=row,
+    )
+
+
+class FastStatement:
+    """A statement with named bind parameters, compiled on first use for each dialect.
+    `column_keys`: an INSERT's columns (each a parameter of the same name)."""
+
+    def __init__(self, statement: Any, column_keys: Sequence[str] | None = None) -> None:
         self.statement = statement
+        self.column_keys = list(column_keys) if column_keys is not None else None
         self._compiled: dict[str, _Compiled] = {}
 
-    def _compile(self, dialect: Dialect) -> _Compiled:
+    def _for(self, dialect: Dialect) -> _Compiled:
         found = self._compiled.get(dialect.name)
         if found is None:
-            compiled = self.statement.compile(dialect=dialect)
-            # The statement's own literals (`scope == "global"`) are bound parameters too.
-            defaults = {
-                name: bind.effective_value
-                for name, bind in compiled.binds.items()
-                if not bind.required
-            }
-            positional = tuple(compiled.positiontup) if compiled.positional else None  # type: ignore[arg-type]
-            columns = list(self.statement.selected_columns)
-            # Only the columns whose type decodes anything (dates, JSON...): (index, function).
-            processors = [
-                (i, p)
-                for i, c in enumerate(columns)
-                if (p := c.type.dialect_impl(dialect).result_processor(dialect, None)) is not None
-            ]
-            row = namedtuple("row", [c.key for c in columns])  # type: ignore[misc]
-            found = (compiled.string, positional, processors, row, defaults)
-            self._compiled[dialect.name] = found
+            found = self._compiled[dialect.name] = _compile(
+                self.statement, dialect, self.column_keys
+            )
         return found
 
-    def rows(self, reader: Reader, params: Mapping[str, Any]) -> list[Any]:
-        """The rows for `params`, as named tuples; from an OwnReader, as of its last `fresh`
-        (the same list for the same parameters until something is committed: not to change)."""
-        cache = reader.cache
-        if cache is not None:
-            key = (id(self), *params.items())
-            hit = cache.get(key)
-            if hit is not None:
-                return hit
-        found = self._run(reader, params)
-        if cache is not None:
-            if len(cache) >= CACHE_MAX:
-                cache.clear()
-            cache[key] = found
-        return found
-
-    def _run(self, reader: Reader, params: Mapping[str, Any]) -> list[Any]:
-        sql, positional, processors, row, defaults = self._compile(reader.dialect)
-        values = {**defaults, **params} if defaults else params
-        cursor = reader.cursor
+    def _send(self, reader: Reader, params: Mapping[str, Any]) -> _Compiled:
+        compiled = self._for(reader.dialect)
+        values = {**compiled.defaults, **params}
+        for name, encode in compiled.encoders.items():
+            value = values[name]
+            if value is not None:
+                values[name] = encode(value)
+        sql = compiled.sql
         try:
-            cursor.execute(sql, tuple(values[p] for p in positional) if positional else values)
-            found = cursor.fetchall()
+            if compiled.names is not None:
+                reader.cursor.execute(sql, tuple(values[n] for n in compiled.names))
+            else:
+                reader.cursor.execute(sql, values)
         except reader.dialect.loaded_dbapi.Error as exc:
-            # As SQLAlchemy raises them (OperationalError...), for the callers' handlers.
-            raise sa.exc.DBAPIError.instance(
-                sql,
-                None,
-                exc,
-                reader.dialect.loaded_dbapi.Error,
-                hide_parameters=True,
-                dialect=reader.dialect,
-            ) from exc
+            raise reader.error(sql, exc) from exc
+        return compiled
+
+    def execute(self, reader: Reader, params: Mapping[str, Any]) -> int:
+        """Run it; the number of rows it changed (-1: not known yet, in a pipeline)."""
+        self._send(reader, params)
+        return int(reader.cursor.rowcount)
+
+    def run(self, reader: Reader, params: Mapping[str, Any]) -> list[Any]:
+        """Its rows for `params`, as named tuples, read now."""
+        compiled = self._send(reader, params)
+        try:
+            found = reader.cursor.fetchall()
+        except reader.dialect.loaded_dbapi.Error as exc:
+            raise reader.error(compiled.sql, exc) from exc
         out = []
         for raw in found:
             decoded = list(raw)
-            for i, process in processors:
+            for i, process in compiled.decoders:
                 decoded[i] = process(decoded[i])
-            out.append(row._make(decoded))
+            out.append(compiled.row._make(decoded))
         return out
 
 
+class FastSelect(FastStatement):
+    """A SELECT whose rows an OwnReader may remember until the database changes."""
+
+    def __init__(self, statement: sa.Select[*tuple[Any, ...]]) -> None:
+        super().__init__(statement)
+
+    def rows(self, reader: Reader, params: Mapping[str, Any]) -> list[Any]:
+        """The rows for `params`; from an OwnReader, as of its last `fresh` (the same list for
+        the same parameters until something is committed: not to change)."""
+        cache = reader.cache
+        if cache is None:
+            return self.run(reader, params)
+        key = (id(self), *params.items())
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
+        found = self.run(reader, params)
+        if len(cache) >= CACHE_MAX:
+            cache.clear()
+        cache[key] = found
+        return found
+
+
 class Reader:
-    """One pooled connection's cursor, for a few FastSelects in a row."""
+    """One connection's cursor, for a few fast statements in a row (and, with `transaction`,
+    writes)."""
 
     cache: dict[tuple[Any, ...], list[Any]] | None = None  # OwnReader on SQLite
 
-    def __init__(self, dialect: Dialect, cursor: Any) -> None:
+    def __init__(self, dialect: Dialect, cursor: Any, raw: Any) -> None:
         self.dialect = dialect
         self.cursor = cursor
+        self.raw = raw  # the DBAPI connection (SQLAlchemy's pool proxy, or our own)
+        self.is_sqlite = dialect.name == "sqlite"
+
+    def error(self, sql: str | None, exc: Exception) -> Exception:
+        """A DBAPI error as SQLAlchemy raises it (OperationalError...), for callers' handlers."""
+        error = self.dialect.loaded_dbapi.Error
+        return sa.exc.DBAPIError.instance(
+            sql, None, exc, error, hide_parameters=True, dialect=self.dialect
+        )
+
+    @contextmanager
+    def transaction(self, *, wait: bool = True) -> Iterator[None]:
+        """One write transaction, committed on the way out and rolled back on an exception.
+        SQLite: `BEGIN IMMEDIATE`, so its reads and writes are one serialised snapshot; with
+        `wait=False` it raises Busy at once, instead of waiting, while another connection
+        writes. PostgreSQL: in pipeline mode; a statement's answer is waited for only when its
+        rows are read (and, for the others, at the commit)."""
+        if self.is_sqlite:
+            with self._sqlite_transaction(wait):
+                yield
+            return
+        driver = self.raw.driver_connection
+        try:
+            with driver.pipeline():
+                self.cursor.execute("BEGIN")
+                yield
+                self.cursor.execute("COMMIT")
+        except BaseException as exc:
+            with suppress(Exception):  # broken: the pool finds out when it is returned
+                driver.rollback()
+            if isinstance(exc, self.dialect.loaded_dbapi.Error):
+                raise self.error(None, exc) from exc
+            raise
+
+    @contextmanager
+    def _sqlite_transaction(self, wait: bool) -> Iterator[None]:
+        cursor = self.cursor
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+        except self.dialect.loaded_dbapi.OperationalError as exc:
+            if not wait and "locked" in str(exc):
+                raise Busy(str(exc)) from exc
+            raise self.error("BEGIN IMMEDIATE", exc) from exc
+        try:
+            yield
+            cursor.execute("COMMIT")
+        except BaseException as exc:
+            with suppress(Exception):  # the connection is gone
+                cursor.execute("ROLLBACK")
+            if isinstance(exc, self.dialect.loaded_dbapi.Error):
+                raise self.error(None, exc) from exc
+            raise
 
 
 def _connect(engine: Engine) -> Any:
@@ -121,25 +236,36 @@ def _connect(engine: Engine) -> Any:
 @contextmanager
 def reading(engine: Engine) -> Iterator[Reader]:
     """A connection from the engine's pool (pre-pinged where the engine does) and a cursor; on
-    the way out whatever it read is ended (the pool rolls back on return) and it goes back."""
+    the way out whatever it read is ended (the pool rolls back on return) and it goes back.
+    PostgreSQL: in autocommit while lent (each read is one round trip)."""
     raw = _connect(engine)
     try:
+        postgres = engine.dialect.name == "postgresql"
+        if postgres:
+            raw.driver_connection.autocommit = True
         cursor = raw.cursor()
         try:
-            yield Reader(engine.dialect, cursor)
+            yield Reader(engine.dialect, cursor, raw)
         finally:
             cursor.close()
+            if postgres:
+                try:
+                    raw.driver_connection.autocommit = False
+                except Exception:
+                    raw.invalidate()  # in a state we cannot vouch for: not back to the pool
     finally:
         raw.close()
 
 
 class OwnReader(Reader):
-    """A connection of its own, outside the pool, for one thread's reads (the gateway's event
-    loop on SQLite): never waits for a pooled connection that worker threads hold. SQLite in
-    autocommit, so each SELECT is its own short read transaction.
+    """A connection of its own, outside the pool, for one thread (the gateway's event loop on
+    SQLite): it never waits for a pooled connection that worker threads hold. SQLite in
+    autocommit, so each SELECT is its own short read transaction; its write transactions
+    (`transaction(wait=False)`) never wait for the write lock either: the caller takes a
+    worker thread instead when it is Busy.
 
     What it read is kept until the database changes: SQLite's `PRAGMA data_version` changes
-    whenever another connection, in any process, commits (this one never writes), and `fresh`
+    whenever another connection, in any process, commits (not when this one does), and `fresh`
     forgets everything then. So a key revoked or a budget created anywhere is seen by the very
     next call, as when every call read the tables (4 us for the pragma instead of ~80 us for
     the key's and the budgets' reads)."""
@@ -147,14 +273,18 @@ class OwnReader(Reader):
     def __init__(self, engine: Engine) -> None:
         raw = _connect(engine)
         raw.detach()  # ours until closed; the pool opens another in its place
-        self._raw = raw
-        super().__init__(engine.dialect, raw.cursor())
+        super().__init__(engine.dialect, raw.cursor(), raw)
         self._version: int | None = None
-        if engine.dialect.name == "sqlite":
+        if self.is_sqlite:
             self.cache = {}
+            # Never wait for the write lock on the event loop (Busy instead), and leave the
+            # WAL's checkpoints, and their writes to the database file, to the pool's
+            # connections (the spool's writer commits after every batch of events).
+            self.cursor.execute("PRAGMA busy_timeout=0")
+            self.cursor.execute("PRAGMA wal_autocheckpoint=0")
 
     def fresh(self) -> None:
-        """Forget what was read if anything was committed since (SQLite; else a no-op)."""
+        """Forget what was read if another connection committed since (SQLite; else a no-op)."""
         if self.cache is None:
             return
         self.cursor.execute("PRAGMA data_version")
@@ -165,4 +295,4 @@ class OwnReader(Reader):
 
     def close(self) -> None:
         self.cursor.close()
-        self._raw.close()
+        self.raw.close()

@@ -33,6 +33,7 @@ meter's cost, never the provider's `usage.cost`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import uuid
@@ -122,47 +123,61 @@ class BudgetGate:
 
     # -- admission ----------------------------------------------------------------------------
 
-    def admit(self, claim: Claim, budgets: Sequence[BudgetRow]) -> Refusal | None:
+    def admit(
+        self,
+        claim: Claim,
+        budgets: Sequence[BudgetRow],
+        writer: fast.Reader | None = None,
+        *,
+        wait: bool = True,
+    ) -> Refusal | None:
         """Reserve the claim's worst case under `budgets`, atomically across servers; a
-        Refusal (nothing reserved) when one of them has no room."""
+        Refusal (nothing reserved) when one of them has no room. `writer`: the connection to
+        do it on (the admission's own), else one from the pool. With `wait=False` (SQLite, on
+        the event loop) it raises fast.Busy, having done nothing, while another connection
+        holds the write lock."""
         now = datetime.now(UTC)
         week = week_of(claim.occurred_at, self.db.tz)
         windows = [budget_window(b, claim.occurred_at, self.db.tz) for b in budgets]
         day = claim.occurred_at.astimezone(self.db.tz).date()
         try:
-            with self.db.engine.begin() as conn:
-                repo.lock_budgets(conn, [b.id for b in budgets])
-                for state in repo.budget_states(conn, budgets, windows, now):
-                    total = state.spend_units + state.reserved_units + claim.worst_case_units
-                    if state.enforce and total > state.limit_units:
-                        raise _Refused(
-                            Refusal(
-                                budget_id=state.budget_id,
-                                limit_usd=units_to_usd(state.limit_units),
-                                spend_usd=units_to_usd(state.spend_units),
-                                reserved_usd=units_to_usd(state.reserved_units),
-                                needed_usd=units_to_usd(claim.worst_case_units),
+            with contextlib.ExitStack() as stack:
+                if writer is None:
+                    writer = stack.enter_context(fast.reading(self.db.engine))
+                with writer.transaction(wait=wait):
+                    for state in repo.budget_states(writer, budgets, windows, now):
+                        total = state.spend_units + state.reserved_units + claim.worst_case_units
+                        if state.enforce and total > state.limit_units:
+                            raise _Refused(
+                                Refusal(
+                                    budget_id=state.budget_id,
+                                    limit_usd=units_to_usd(state.limit_units),
+                                    spend_usd=units_to_usd(state.spend_units),
+                                    reserved_usd=units_to_usd(state.reserved_units),
+                                    needed_usd=units_to_usd(claim.worst_case_units),
+                                )
                             )
-                        )
-                repo.insert_hold(
-                    conn,
-                    {
-                        "event_id": claim.event_id,
-                        "team": claim.team or "",
-                        "user": claim.user or "",
-                        "tags": claim.tags,
-                        "model": claim.model,
-                        "day": day,
-                        "week_start": week.start,
-                        "state": repo.OPEN,
-                        "amount_units": claim.worst_case_units,
-                        "reserved_units": claim.worst_case_units,
-                        "expires_at": now + HOLD_TTL,
-                        "created_at": now,
-                    },
-                )
+                    repo.insert_hold(
+                        writer,
+                        {
+                            "event_id": claim.event_id,
+                            "team": claim.team or "",
+                            "user": claim.user or "",
+                            "tags": claim.tags,
+                            "model": claim.model,
+                            "day": day,
+                            "week_start": week.start,
+                            "state": repo.OPEN,
+                            "amount_units": claim.worst_case_units,
+                            "reserved_units": claim.worst_case_units,
+                            "expires_at": now + HOLD_TTL,
+                            "created_at": now,
+                        },
+                    )
         except _Refused as refused:  # rolled back: nothing reserved
             return refused.refusal
+        except fast.Busy:
+            raise
         except Exception as exc:
             raise BudgetUnavailable(str(exc)) from exc
         with self._lock:
@@ -172,9 +187,33 @@ class BudgetGate:
 
     # -- the end of a call ----------------------------------------------------------------------
 
-    def settle(self, claim: Claim, cost_units: int, *, awaiting_lookup: bool) -> None:
+    def settle(
+        self,
+        claim: Claim,
+        cost_units: int,
+        *,
+        awaiting_lookup: bool,
+        writer: fast.Reader | None = None,
+        wait: bool = True,
+    ) -> None:
         """The call ended: its hold becomes its exact cost at once (or, for a call cut short
-        whose provider figures can still be looked up, keeps its full reservation)."""
+        whose provider figures can still be looked up, keeps its full reservation). `writer`
+        and `wait` as for `admit`: with `wait=False` it raises fast.Busy, having done
+        nothing, while another connection holds the write lock."""
+        state = repo.HELD if awaiting_lookup else repo.SETTLED
+        amount = claim.worst_case_units if awaiting_lookup else cost_units
+        try:
+            with contextlib.ExitStack() as stack:
+                if writer is None:
+                    writer = stack.enter_context(fast.reading(self.db.engine))
+                with writer.transaction(wait=wait):
+                    repo.settle(writer, claim.event_id, state, amount)
+        except fast.Busy:
+            raise
+        except Exception:
+            # The hold stays open and expires within HOLD_TTL; the event is in the spool and
+            # reaches the roll-up anyway.
+            log.exception("could not settle the gateway hold of %s", claim.event_id)
         with self._lock:
             self._running.discard(claim.event_id)
         if cost_units > claim.worst_case_units:
@@ -185,15 +224,6 @@ class BudgetGate:
                 cost_units,
                 claim.worst_case_units,
             )
-        state = repo.HELD if awaiting_lookup else repo.SETTLED
-        amount = claim.worst_case_units if awaiting_lookup else cost_units
-        try:
-            with self.db.engine.begin() as conn:
-                repo.settle(conn, claim.event_id, state, amount)
-        except Exception:
-            # The hold stays open and expires within HOLD_TTL; the event is in the spool and
-            # reaches the roll-up anyway.
-            log.exception("could not settle the gateway hold of %s", claim.event_id)
 
     # -- renewal of running calls' holds ------------------------------------------------------
 

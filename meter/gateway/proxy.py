@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from meter.client._capture import (
 from meter.client._record import Call
 from meter.client._sse import COMMENT, SSEDecoder
 from meter.client._types import MeterInfo
+from meter.db import fast
 from meter.gateway.errors import openai_error, sse_error
 from meter.gateway.holds import BudgetGate, Claim
 from meter.metrics import GATEWAY_CALLS
@@ -141,20 +142,36 @@ class UpstreamResponse(Response):
     raw bytes httpx read (minus those `response_headers` drops), never decoded and encoded
     again header by header, plus Content-Length and the event's id."""
 
-    def __init__(self, upstream: httpx.Response, body: bytes, event_id: str) -> None:
+    def __init__(
+        self,
+        upstream: httpx.Response,
+        body: bytes,
+        event_id: str,
+        after: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.status_code = upstream.status_code
         self.body = body
         self.background = None
+        self.after = after  # run once the answer is sent (or could not be)
         headers = [(k.lower(), v) for k, v in upstream.headers.raw if k.lower() not in _DROPPED_RAW]
         headers.append((b"content-length", str(len(body)).encode()))
         headers.append((_EVENT_ID_RAW, event_id.encode()))
         self.raw_headers = headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send(
-            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-        )
-        await send({"type": "http.response.body", "body": self.body})
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            await send({"type": "http.response.body", "body": self.body})
+        finally:
+            if self.after is not None:
+                with anyio.CancelScope(shield=True):
+                    await self.after()
 
 
 def _inflater(encoding: str) -> Any:
@@ -172,6 +189,7 @@ class Recording:
     call: Call
     claim: Claim | None
     gate: BudgetGate
+    writer: fast.Reader | None = None  # SQLite: the event loop's own connection
 
     def event(self, outcome: Outcome, first_output_at: float | None = None) -> MeterInfo:
         """Spool the call's event (sync, one write(2)); never raises."""
@@ -186,10 +204,20 @@ class Recording:
         return cost, awaiting
 
     async def settle(self, info: MeterInfo) -> None:
+        """On the event loop's connection when it has one and no other connection is
+        writing; else in a worker thread."""
         if self.claim is None:
             return
         cost, awaiting = self.settlement(info)
         claim = self.claim
+        if self.writer is not None:
+            try:
+                self.gate.settle(
+                    claim, cost, awaiting_lookup=awaiting, writer=self.writer, wait=False
+                )
+                return
+            except fast.Busy:
+                pass
         await anyio.to_thread.run_sync(
             lambda: self.gate.settle(claim, cost, awaiting_lookup=awaiting)
         )
@@ -199,12 +227,24 @@ class Recording:
         await self.settle(info)
         return info
 
+    async def answer(self, upstream: httpx.Response, body: bytes, outcome: Outcome) -> Response:
+        """A whole answer: the event spooled first; the hold settled before the answer leaves,
+        or, on SQLite's event loop, right after it left. There nothing else runs on the loop
+        in between (the settlement is the next thing this task does), so it still comes before
+        any later call's admission on this server; another server sees the full reservation
+        for those microseconds, never less than the cost."""
+        info = self.event(outcome)
+        event_id = str(self.call.event_id)
+        if self.writer is None or self.claim is None:
+            await self.settle(info)
+            return UpstreamResponse(upstream, body, event_id)
+        return UpstreamResponse(upstream, body, event_id, after=lambda: self.settle(info))
+
 
 async def forward_plain(
     http: httpx.AsyncClient, request: httpx.Request, recording: Recording
 ) -> Response:
     """A non-streamed call (or a stream the upstream refused): read whole, record, answer."""
-    event_id = str(recording.call.event_id)
     try:
         upstream = await http.send(request, stream=True)
     except httpx.HTTPError as exc:
@@ -221,8 +261,7 @@ async def forward_plain(
     else:
         outcome = read_completion(body).outcome
         GATEWAY_CALLS.labels("forwarded").inc()
-    await recording.finish(outcome)
-    return UpstreamResponse(upstream, body, event_id)
+    return await recording.answer(upstream, body, outcome)
 
 
 async def _unreachable(exc: httpx.HTTPError, recording: Recording) -> Response:
@@ -270,8 +309,7 @@ async def forward_stream(
         else:
             outcome = read_completion(body).outcome
         GATEWAY_CALLS.labels("upstream_error" if upstream.status_code >= 400 else "forwarded").inc()
-        await recording.finish(outcome)
-        return UpstreamResponse(upstream, body, str(recording.call.event_id))
+        return await recording.answer(upstream, body, outcome)
     GATEWAY_CALLS.labels("forwarded").inc()
     relay = Relay(upstream, recording, strip)
     headers = response_headers(upstream, decoded=relay.rewrite)

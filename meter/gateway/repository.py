@@ -20,7 +20,7 @@ from meter.budgets.repository import (
     scope_condition,
 )
 from meter.db import fast, models
-from meter.db.fast import FastSelect
+from meter.db.fast import FastSelect, FastStatement
 from meter.periods import Window
 
 H = models.GatewayHold
@@ -59,9 +59,7 @@ def _covering(tags: int) -> FastSelect:
                     B.scope == "global",
                     sa.and_(B.scope == "team", B.subject == sa.bindparam("team")),
                     sa.and_(B.scope == "user", B.subject == sa.bindparam("user")),
-                    sa.and_(B.scope == "tag", B.subject.in_(tag_subjects))
-                    if tags
-                    else sa.false(),
+                    sa.and_(B.scope == "tag", B.subject.in_(tag_subjects)) if tags else sa.false(),
                 ),
             )
             .order_by(B.id)
@@ -80,17 +78,6 @@ def covering_budgets(
     return [_budget(r) for r in _covering(len(subjects)).rows(reader, params)]
 
 
-def lock_budgets(conn: Connection, ids: Sequence[int]) -> None:
-    """PostgreSQL: lock the budgets' rows in id order until commit, so that admissions to the
-    same budget run one at a time across every server (and cannot deadlock). NO KEY UPDATE
-    does not block the alerts' foreign-key checks. SQLite: BEGIN IMMEDIATE did it already."""
-    if conn.dialect.name != "postgresql" or not ids:
-        return
-    conn.execute(
-        sa.select(B.id).where(B.id.in_(sorted(ids))).order_by(B.id).with_for_update(key_share=True)
-    ).all()
-
-
 def _hold_sum(states: tuple[str, ...], window: Window, where: Any) -> Any:
     query = sa.select(sa.func.coalesce(sa.func.sum(H.amount_units), 0)).where(
         H.day >= window.start, H.day < window.end, H.state.in_(states), where
@@ -101,33 +88,39 @@ def _hold_sum(states: tuple[str, ...], window: Window, where: Any) -> Any:
 
 
 _NOW = sa.bindparam("now", type_=models.UTCDateTime())
-# The admission's statement of each set of budgets and windows, built once and run with the
-# time: building it (4 subqueries a budget) and its cache key at every call was most of an
-# admission's CPU (py-spy, BENCHMARKS.md section 8). The windows are part of the key, so a new
-# day, week or month gets a statement of its own; the cache is emptied when it grows large.
-_STATES: dict[tuple[Any, ...], Any] = {}
+# The admission's statements of each set of budgets (and windows), built once: building them
+# (4 subqueries a budget) and their cache keys at every call was most of an admission's CPU
+# (BENCHMARKS.md, Gateway). The windows are part of the key, so a new day, week or month gets
+# statements of its own; the cache is emptied when it grows large.
+_STATES: dict[tuple[Any, ...], tuple[FastStatement, FastStatement]] = {}
 _STATES_MAX = 1024
 
 
-def _states_statement(budgets: Sequence[BudgetRow], windows: Sequence[Window]) -> Any:
+def _statements(
+    budgets: Sequence[BudgetRow], windows: Sequence[Window]
+) -> tuple[FastStatement, FastStatement]:
+    """(the lock of the budgets' rows, the read of their states)."""
     key = tuple(
         (b.id, b.scope, b.subject, w.kind, w.start, w.end)
         for b, w in zip(budgets, windows, strict=True)
     )
-    statement = _STATES.get(key)
-    if statement is None:
+    found = _STATES.get(key)
+    if found is None:
+        ids = sorted(b.id for b in budgets)
+        # PostgreSQL: NO KEY UPDATE does not block the alerts' foreign-key checks.
+        lock = sa.select(B.id).where(B.id.in_(ids)).order_by(B.id).with_for_update(key_share=True)
         columns: list[Any] = [B.id, B.weekly_limit_units, B.enforce]
         for b, window in zip(budgets, windows, strict=True):
             columns += rollup_spend_subqueries(b, window)
             in_holds = _in_holds(b)
             columns.append(_hold_sum((SETTLED,), window, in_holds))
             columns.append(_hold_sum((OPEN, HELD), window, in_holds))
-        ids = [b.id for b in budgets]
-        statement = sa.select(*columns).where(B.id.in_(ids)).order_by(B.id)
+        states = sa.select(*columns).where(B.id.in_(ids)).order_by(B.id)
+        found = (FastStatement(lock), FastStatement(states))
         if len(_STATES) >= _STATES_MAX:
             _STATES.clear()
-        _STATES[key] = statement
-    return statement
+        _STATES[key] = found
+    return found
 
 
 def _in_holds(budget: BudgetRow) -> Any:
@@ -138,12 +131,21 @@ def _in_holds(budget: BudgetRow) -> Any:
 
 
 def budget_states(
-    conn: Connection, budgets: Sequence[BudgetRow], windows: Sequence[Window], now: datetime
+    writer: fast.Reader, budgets: Sequence[BudgetRow], windows: Sequence[Window], now: datetime
 ) -> list[BudgetState]:
     """Every budget's spend and open reservations in its window (its day, week or month), in
     ONE statement: one snapshot, so a roll-up committing meanwhile (moving a settled call's
-    cost from its hold to the roll-up) is seen wholly or not at all, never twice or missed."""
-    rows = conn.execute(_states_statement(budgets, windows), {"now": now}).all()
+    cost from its hold to the roll-up) is seen wholly or not at all, never twice or missed.
+
+    In the caller's transaction (`writer.transaction()`), which this makes the only admission
+    to these budgets until it ends: on PostgreSQL it first locks their rows, in id order (so
+    admissions to a budget run one at a time across every server, and cannot deadlock), and
+    reads after the lock is granted, in a statement of its own (READ COMMITTED: a snapshot
+    that sees every admission committed before); on SQLite, BEGIN IMMEDIATE did it already."""
+    lock, read = _statements(budgets, windows)
+    if not writer.is_sqlite:
+        lock.execute(writer, {})  # pipelined: goes out with the read, one round trip
+    rows = read.run(writer, {"now": now})
     by_id = {r[0]: r for r in rows}
     states = []
     for i, b in enumerate(budgets):
@@ -164,20 +166,40 @@ def budget_states(
     return states
 
 
-_INSERT_HOLD = sa.insert(H)
-_SETTLE = (
+HOLD_COLUMNS = (
+    "event_id",
+    "team",
+    "user",
+    "tags",
+    "model",
+    "day",
+    "week_start",
+    "state",
+    "amount_units",
+    "reserved_units",
+    "expires_at",
+    "created_at",
+)
+_INSERT_HOLD = FastStatement(sa.insert(H), column_keys=HOLD_COLUMNS)
+_SETTLE = FastStatement(
     sa.update(H)
     .where(H.event_id == sa.bindparam("hold"), H.state == OPEN)
-    .values(state=sa.bindparam("new_state"), amount_units=sa.bindparam("amount"), expires_at=None)
+    .values(
+        state=sa.bindparam("new_state"),
+        amount_units=sa.bindparam("amount"),
+        expires_at=sa.null(),
+    )
 )
 
 
-def insert_hold(conn: Connection, values: dict[str, Any]) -> None:
-    conn.execute(_INSERT_HOLD, values)
+def insert_hold(writer: fast.Reader, values: dict[str, Any]) -> None:
+    """In the caller's transaction; `values` has every one of HOLD_COLUMNS."""
+    _INSERT_HOLD.execute(writer, values)
 
 
-def settle(conn: Connection, event_id: uuid.UUID, state: str, amount_units: int) -> None:
-    conn.execute(_SETTLE, {"hold": event_id, "new_state": state, "amount": amount_units})
+def settle(writer: fast.Reader, event_id: uuid.UUID, state: str, amount_units: int) -> None:
+    """An open hold becomes `state` with `amount_units` (nothing if it is no longer open)."""
+    _SETTLE.execute(writer, {"hold": event_id, "new_state": state, "amount": amount_units})
 
 
 def extend(conn: Connection, event_ids: Sequence[uuid.UUID], expires_at: datetime) -> None:

@@ -242,8 +242,12 @@ async def _completions(request: Request, kind: str, path: str) -> Response:
     if isinstance(admission, Response):
         return admission
     principal, tags, budgets, reserved = admission
-    if isinstance(reserved, Claim):  # read on the loop: the reservation is a write
-        reserved = await anyio.to_thread.run_sync(_reserve_claim, gateway, reserved, budgets)
+    if isinstance(reserved, Claim):  # read on the loop: reserve there too, unless it must wait
+        pending = reserved
+        try:
+            reserved = _reserve_claim(gateway, pending, budgets, reader, wait=False)
+        except fast.Busy:
+            reserved = await anyio.to_thread.run_sync(_reserve_claim, gateway, pending, budgets)
     if settings.openrouter_api_key is None:
         return _upstream_key_missing()
     if invalid is None and isinstance(tags, InvalidRequest):
@@ -267,7 +271,7 @@ async def _completions(request: Request, kind: str, path: str) -> Response:
     claim = _reserve(gateway, req, call, budgets, reserved)
     if isinstance(claim, Response):
         return claim
-    recording = Recording(call, claim, gateway.gate)
+    recording = Recording(call, claim, gateway.gate, reader)
     outgoing = gateway.http().build_request(
         "POST",
         gateway.upstream_url(path),
@@ -305,6 +309,7 @@ def _admission(
     header matters only then)."""
     inline = later is not None
     writes: list[Callable[[], None]] = later if later is not None else []
+    reserved: Reserved = None
     try:
         with contextlib.ExitStack() as stack:
             if reader is None:
@@ -321,42 +326,50 @@ def _admission(
                     budgets = gateway.gate.covering(principal.team, user, tags, reader)
                 except BudgetUnavailable as exc:
                     budgets = exc
+            if (
+                req is not None
+                and not isinstance(tags, InvalidRequest)
+                and isinstance(budgets, list)
+                and budgets
+                and gateway.settings.openrouter_api_key is not None
+                and req.price is not None
+                and req.unbounded_param(req.price) is None
+            ):
+                claim = Claim(
+                    event_id=event_id,
+                    team=principal.team,
+                    user=user,
+                    tags=tags,
+                    model=req.model,
+                    occurred_at=occurred_at,
+                    worst_case_units=req.worst_case_units(req.price),
+                )
+                # On the same connection as the reads (PostgreSQL: no second checkout and
+                # ping); on the event loop, by the caller.
+                reserved = claim if inline else _reserve_claim(gateway, claim, budgets, reader)
     except sa.exc.OperationalError as exc:
         return _database_unreachable(exc)
     if not inline:
-        # After the reads' connection is back: a write that waited for a second connection
-        # while holding the first could wait for ever once every thread did the same.
+        # After the connection is back: a write that waited for a second connection while
+        # holding the first could wait for ever once every thread did the same.
         for write in writes:
             write()
-    if req is None or isinstance(tags, InvalidRequest) or not isinstance(budgets, list):
-        return principal, tags, budgets, None
-    reserved: Reserved = None
-    if (
-        budgets
-        and gateway.settings.openrouter_api_key is not None
-        and req.price is not None
-        and req.unbounded_param(req.price) is None
-    ):
-        claim = Claim(
-            event_id=event_id,
-            team=principal.team,
-            user=user,
-            tags=tags,
-            model=req.model,
-            occurred_at=occurred_at,
-            worst_case_units=req.worst_case_units(req.price),
-        )
-        reserved = claim if inline else _reserve_claim(gateway, claim, budgets)
     return principal, tags, budgets, reserved
 
 
 def _reserve_claim(
-    gateway: Gateway, claim: Claim, budgets: list[BudgetRow] | BudgetUnavailable
+    gateway: Gateway,
+    claim: Claim,
+    budgets: list[BudgetRow] | BudgetUnavailable,
+    writer: fast.Reader | None = None,
+    *,
+    wait: bool = True,
 ) -> Reserved:
-    """(in a worker thread) The claim reserved under its budgets, or why it could not be."""
+    """The claim reserved under its budgets, or why it could not be; on `writer` if given
+    (with `wait=False`, fast.Busy while another connection writes), else on a pooled one."""
     assert isinstance(budgets, list)
     try:
-        return claim, gateway.gate.admit(claim, budgets)
+        return claim, gateway.gate.admit(claim, budgets, writer, wait=wait)
     except BudgetUnavailable as exc:
         return exc
 
