@@ -26,6 +26,16 @@ Why gateway calls never take an enforced budget past its limit, whatever the con
    hold's expiry; a crashed server's open holds stop counting when they expire (HOLD_TTL), and
    its finished calls are counted again once its spool is replayed and rolled up.
 
+Where it runs changes none of this (meter.db.fast: the statements compiled once, run on the
+raw connection). On SQLite, the gateway admits and settles on its event loop's own connection
+with BEGIN IMMEDIATE, the same serialisation as every other writer's; while another connection
+holds the write lock it does nothing and raises Busy at once, and the call waits for the lock
+in a worker thread instead. On PostgreSQL the admission's lock, read, INSERT and COMMIT go out
+pipelined on the connection that read the key, in two round trips, in that order. A whole
+answer's hold is settled on SQLite's loop right after the answer is sent, before the loop runs
+anything else: a later admission on that server sees the settlement; one on another server may
+see the full reservation for those microseconds, which is more, never less, than the cost.
+
 Spend recorded by other paths (the Python client, POST /v1/events) counts from the roll-up that
 includes it, so it can take a budget past its limit; the gateway then refuses. Budgets count
 meter's cost, never the provider's `usage.cost`.
