@@ -4,6 +4,7 @@ SDKs do not retry, settlement to the exact cost, the roll-up taking over from a 
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -374,3 +375,73 @@ def test_a_call_waits_for_another_writer_off_the_event_loop(
     (event,) = stored_events(db_url)
     assert holds(db) == [("settled", int(Decimal(event.cost_usd or "0") * 10**12), WORST_CASE)]
     assert len(mock.requests) == 1
+
+
+@contextlib.contextmanager
+def holds_locked(db_url: str) -> Iterator[None]:
+    """Every hold's row locked by another connection (SQLite: the whole write lock)."""
+    url = sa.make_url(db_url)
+    if url.get_backend_name() == "sqlite":
+        writer = sqlite3.connect(url.database or "", isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            writer.execute("COMMIT")
+            writer.close()
+        return
+    engine = sa.create_engine(url.set(drivername="postgresql+psycopg"))
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("SELECT event_id FROM gateway_holds FOR UPDATE")).all()
+            yield
+    finally:
+        engine.dispose()
+
+
+def read_holds(db: Database) -> list[tuple[str, int, int]]:
+    """As `holds`, without waiting for SQLite's write lock."""
+    with db.engine.connect().execution_options(readonly=True) as conn:
+        rows = conn.execute(
+            sa.text("SELECT state, amount_units, reserved_units FROM gateway_holds")
+        ).all()
+    return sorted((r[0], int(r[1]), int(r[2])) for r in rows)
+
+
+def test_an_answer_leaves_before_its_settlement_and_the_next_call_waits_for_it(
+    gw: GatewayServer, db: Database, db_url: str, mock: MockUpstream
+) -> None:
+    """A whole answer is sent before its hold is settled; the server's next admission waits
+    for that settlement, so the next call is judged on the first one's exact cost: room for
+    one worst case and one call's cost, not for two worst cases."""
+    key = gateway_key(db)
+    budget(db, render_usd(2 * WORST_CASE - 1) or "0")
+    headers = {"Authorization": f"Bearer {key}"}
+    slow = {**headers, "X-Mock-Behavior": "slow", "X-Mock-Delay-Ms": "800"}
+    url = f"{gw.base_url}/chat/completions"
+    first: list[httpx.Response] = []
+    second: list[httpx.Response] = []
+    one = threading.Thread(target=lambda: first.append(httpx.post(url, headers=slow, json=BODY)))
+    one.start()
+    for _ in range(100):  # liveness bound: 5 s
+        if read_holds(db):
+            break
+        time.sleep(0.05)
+    assert read_holds(db) == [("open", WORST_CASE, WORST_CASE)]
+    with holds_locked(db_url):  # the first call's settlement cannot commit meanwhile
+        one.join(10)
+        assert [r.status_code for r in first] == [200]  # answered all the same
+        assert read_holds(db) == [("open", WORST_CASE, WORST_CASE)]
+        two = threading.Thread(
+            target=lambda: second.append(httpx.post(url, headers=headers, json=BODY, timeout=20))
+        )
+        two.start()
+        time.sleep(0.5)
+        assert second == []  # waiting for the first call's settlement
+    two.join(10)
+    assert [r.status_code for r in second] == [200]
+    gw.flush()
+    costs = sorted(int(Decimal(e.cost_usd or "0") * 10**12) for e in stored_events(db_url))
+    assert len(costs) == 2 and costs[0] < WORST_CASE
+    assert read_holds(db) == sorted(("settled", c, WORST_CASE) for c in costs)
+    assert len(mock.requests) == 2

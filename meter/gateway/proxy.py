@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -190,6 +191,9 @@ class Recording:
     claim: Claim | None
     gate: BudgetGate
     writer: fast.Reader | None = None  # SQLite: the event loop's own connection
+    # The server's settlements that come after their answers, until committed: its
+    # admissions wait for those in flight (meter.gateway.routes.Gateway.settled).
+    settling: dict[uuid.UUID, anyio.Event] = field(default_factory=dict)
 
     def event(self, outcome: Outcome, first_output_at: float | None = None) -> MeterInfo:
         """Spool the call's event (sync, one write(2)); never raises."""
@@ -228,17 +232,27 @@ class Recording:
         return info
 
     async def answer(self, upstream: httpx.Response, body: bytes, outcome: Outcome) -> Response:
-        """A whole answer: the event spooled first; the hold settled before the answer leaves,
-        or, on SQLite's event loop, right after it left. There nothing else runs on the loop
-        in between (the settlement is the next thing this task does), so it still comes before
-        any later call's admission on this server; another server sees the full reservation
-        for those microseconds, never less than the cost."""
+        """A whole answer: the event spooled before it leaves, the hold settled right after
+        (on SQLite's event loop, at once; else in a worker thread). Until the settlement is
+        committed this server's admissions wait for it, so a client's next call is judged on
+        this one's exact cost, as if it had been settled first; another server's admission
+        meanwhile sees the full reservation, which is more, never less, than the cost."""
         info = self.event(outcome)
         event_id = str(self.call.event_id)
-        if self.writer is None or self.claim is None:
-            await self.settle(info)
+        claim = self.claim
+        if claim is None:
             return UpstreamResponse(upstream, body, event_id)
-        return UpstreamResponse(upstream, body, event_id, after=lambda: self.settle(info))
+        done = anyio.Event()
+        self.settling[claim.event_id] = done  # before the answer can reach the client
+
+        async def settle() -> None:
+            try:
+                await self.settle(info)
+            finally:
+                self.settling.pop(claim.event_id, None)
+                done.set()
+
+        return UpstreamResponse(upstream, body, event_id, after=settle)
 
 
 async def forward_plain(

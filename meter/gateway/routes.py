@@ -54,6 +54,7 @@ from meter.settings import Settings
 log = logging.getLogger("meter.gateway")
 
 MODELS_CACHE_S = 300.0  # GET /v1/models: the upstream's answer is reused for at most this long
+SETTLE_WAIT_S = 5.0  # the longest an admission waits for this server's settlements in flight
 # OpenAI routes meter does not serve: 404 in OpenAI's envelope rather than FastAPI's.
 UNSERVED = frozenset(
     {
@@ -87,6 +88,16 @@ class Gateway:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loop_reader: fast.OwnReader | None = None
     _urls: dict[str, httpx.URL] = field(default_factory=dict)
+    # Settlements after their answers, until committed (meter.gateway.proxy.Recording.answer)
+    settling: dict[uuid.UUID, anyio.Event] = field(default_factory=dict)
+
+    async def settled(self) -> None:
+        """Wait until the settlements in flight now are committed (at most SETTLE_WAIT_S: one
+        that hangs leaves its full reservation counted, never less than the cost)."""
+        pending = list(self.settling.values())
+        with anyio.move_on_after(SETTLE_WAIT_S):
+            for done in pending:
+                await done.wait()
 
     def upstream_url(self, path: str) -> httpx.URL:
         """The upstream's URL of a path, parsed once."""
@@ -226,6 +237,8 @@ async def _completions(request: Request, kind: str, path: str) -> Response:
     # reservation (a bad key is a 401 before a bad body is a 400). In one trip to a worker
     # thread; on SQLite the reads on the event loop, and a worker thread only for a write.
     event_id = uuid7()
+    if gateway.settling:  # judged on the last calls' exact costs, as if settled first
+        await gateway.settled()
     reader = gateway.loop_reader()
     if reader is None:
         admission = await anyio.to_thread.run_sync(
@@ -271,7 +284,7 @@ async def _completions(request: Request, kind: str, path: str) -> Response:
     claim = _reserve(gateway, req, call, budgets, reserved)
     if isinstance(claim, Response):
         return claim
-    recording = Recording(call, claim, gateway.gate, reader)
+    recording = Recording(call, claim, gateway.gate, reader, gateway.settling)
     outgoing = gateway.http().build_request(
         "POST",
         gateway.upstream_url(path),
