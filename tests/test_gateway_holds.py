@@ -179,6 +179,17 @@ def test_concurrent_admissions_from_two_gates_fill_the_budget_exactly(
             admitted.append(ok)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
+    _run_and_check_ten_of_fifty(db, threads, admitted, pool, engines)
+
+
+def _run_and_check_ten_of_fifty(
+    db: Database,
+    threads: list[threading.Thread],
+    admitted: list[bool],
+    gates: list[BudgetGate],
+    engines: list[Iterator[Database]],
+) -> None:
+    """Run the threads; exactly 10 of their 50 admissions went through, each an open W."""
     for t in threads:
         t.start()
     for t in threads:
@@ -186,7 +197,7 @@ def test_concurrent_admissions_from_two_gates_fill_the_budget_exactly(
     assert len(admitted) == 50
     assert admitted.count(True) == 10
     assert states(db) == [("open", W)] * 10
-    for g in pool:
+    for g in gates:
         g.close()
     for e in engines:
         next(e, None)
@@ -296,14 +307,4 @@ def test_the_loops_connection_and_pooled_ones_together_fill_the_budget_exactly(
 
     threads = [threading.Thread(target=loop, args=(g, d)) for g, d in zip(gates, dbs, strict=True)]
     threads += [threading.Thread(target=pooled, args=(i,)) for i in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert len(admitted) == 50
-    assert admitted.count(True) == 10
-    assert states(db) == [("open", W)] * 10
-    for g in gates:
-        g.close()
-    for e in engines:
-        next(e, None)
+    _run_and_check_ten_of_fifty(db, threads, admitted, gates, engines)
