@@ -14,6 +14,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import openai
 import pytest
@@ -22,6 +23,7 @@ import sqlalchemy as sa
 from meter.budgets import service
 from meter.budgets.schemas import BudgetCreate
 from meter.db.session import Database
+from meter.ids import uuid7
 from meter.mock_upstream import MockUpstream
 from meter.money import render_usd
 from meter.rollup.engine import run_rollup
@@ -458,3 +460,29 @@ def test_an_answer_leaves_before_its_settlement_and_the_next_call_waits_for_it(
     assert len(costs) == 2 and costs[0] < WORST_CASE
     assert settled_holds(db) == sorted(("settled", c, WORST_CASE) for c in costs)
     assert len(mock.requests) == 2
+
+
+def test_a_settlement_that_never_ends_is_waited_for_once(
+    monkeypatch: pytest.MonkeyPatch, db: Database
+) -> None:
+    """An admission waits for the server's settlements in flight at most SETTLE_WAIT_S; one
+    that never ends is then forgotten, so later admissions do not wait for it again."""
+    from meter.gateway import routes
+
+    monkeypatch.setattr(routes, "SETTLE_WAIT_S", 0.2)
+    gateway = routes.Gateway(loopback_settings(), db, meter=None, gate=None)  # type: ignore[arg-type]
+    stuck, done = anyio.Event(), anyio.Event()
+    done.set()
+    gateway.settling.update({uuid7(): stuck, uuid7(): done})
+
+    async def admissions() -> list[float]:
+        waits = []
+        for _ in range(2):
+            started = time.monotonic()
+            await gateway.settled()
+            waits.append(time.monotonic() - started)
+        return waits
+
+    first, second = anyio.run(admissions)
+    assert 0.2 <= first < 2 and second < 0.1
+    assert list(gateway.settling.values()) == [done]

@@ -95,9 +95,14 @@ class Gateway:
         """Wait until the settlements in flight now are committed (at most SETTLE_WAIT_S: one
         that hangs leaves its full reservation counted, never less than the cost)."""
         pending = list(self.settling.values())
-        with anyio.move_on_after(SETTLE_WAIT_S):
+        with anyio.move_on_after(SETTLE_WAIT_S) as waited:
             for done in pending:
                 await done.wait()
+        if waited.cancelled_caught:  # never wait for these again: their holds count in full
+            stuck = [k for k, e in self.settling.items() if e in pending and not e.is_set()]
+            log.warning("gateway: %d settlements still running, not waited for", len(stuck))
+            for event_id in stuck:
+                del self.settling[event_id]
 
     def upstream_url(self, path: str) -> httpx.URL:
         """The upstream's URL of a path, parsed once."""
