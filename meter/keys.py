@@ -221,11 +221,8 @@ def principal_for_key(
         return Principal(role="admin")
     digest = hash_key(token)
     now = datetime.now(UTC)
-    if reader is None:
-        with fast.reading(db.engine) as own:
-            rows = _BY_HASH.rows(own, {"digest": digest})
-    else:
-        rows = _BY_HASH.rows(reader, {"digest": digest})
+    with fast.reading(db.engine, reader) as own:
+        rows = _BY_HASH.rows(own, {"digest": digest})
     row = rows[0] if rows else None
     if row is None or not hmac.compare_digest(row.key_hash, digest):
         return None

@@ -32,9 +32,10 @@ with BEGIN IMMEDIATE, the same serialisation as every other writer's; while anot
 holds the write lock it does nothing and raises Busy at once, and the call waits for the lock
 in a worker thread instead. On PostgreSQL the admission's lock, read, INSERT and COMMIT go out
 pipelined on the connection that read the key, in two round trips, in that order. A whole
-answer's hold is settled on SQLite's loop right after the answer is sent, before the loop runs
-anything else: a later admission on that server sees the settlement; one on another server may
-see the full reservation for those microseconds, which is more, never less, than the cost.
+answer's hold is settled right after the answer is sent, and that server's later admissions
+wait for the settlements in flight (meter.gateway.proxy.Recording.answer): they see it; one
+on another server may see the full reservation meanwhile, which is more, never less, than the
+cost.
 
 Spend recorded by other paths (the Python client, POST /v1/events) counts from the roll-up that
 includes it, so it can take a budget past its limit; the gateway then refuses. Budgets count
@@ -43,7 +44,6 @@ meter's cost, never the provider's `usage.cost`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import uuid
@@ -124,9 +124,7 @@ class BudgetGate:
         applies to the next call). Raises BudgetUnavailable when they cannot be read.
         `reader`: the caller's connection (the admission's), else one of its own."""
         try:
-            if reader is not None:
-                return repo.covering_budgets(reader, team, user, tags)
-            with fast.reading(self.db.engine) as own:
+            with fast.reading(self.db.engine, reader) as own:
                 return repo.covering_budgets(own, team, user, tags)
         except Exception as exc:
             raise BudgetUnavailable(str(exc)) from exc
@@ -151,39 +149,36 @@ class BudgetGate:
         windows = [budget_window(b, claim.occurred_at, self.db.tz) for b in budgets]
         day = claim.occurred_at.astimezone(self.db.tz).date()
         try:
-            with contextlib.ExitStack() as stack:
-                if writer is None:
-                    writer = stack.enter_context(fast.reading(self.db.engine))
-                with writer.transaction(wait=wait):
-                    for state in repo.budget_states(writer, budgets, windows, now):
-                        total = state.spend_units + state.reserved_units + claim.worst_case_units
-                        if state.enforce and total > state.limit_units:
-                            raise _Refused(
-                                Refusal(
-                                    budget_id=state.budget_id,
-                                    limit_usd=units_to_usd(state.limit_units),
-                                    spend_usd=units_to_usd(state.spend_units),
-                                    reserved_usd=units_to_usd(state.reserved_units),
-                                    needed_usd=units_to_usd(claim.worst_case_units),
-                                )
+            with fast.reading(self.db.engine, writer) as on, on.transaction(wait=wait):
+                for state in repo.budget_states(on, budgets, windows, now):
+                    total = state.spend_units + state.reserved_units + claim.worst_case_units
+                    if state.enforce and total > state.limit_units:
+                        raise _Refused(
+                            Refusal(
+                                budget_id=state.budget_id,
+                                limit_usd=units_to_usd(state.limit_units),
+                                spend_usd=units_to_usd(state.spend_units),
+                                reserved_usd=units_to_usd(state.reserved_units),
+                                needed_usd=units_to_usd(claim.worst_case_units),
                             )
-                    repo.insert_hold(
-                        writer,
-                        {
-                            "event_id": claim.event_id,
-                            "team": claim.team or "",
-                            "user": claim.user or "",
-                            "tags": claim.tags,
-                            "model": claim.model,
-                            "day": day,
-                            "week_start": week.start,
-                            "state": repo.OPEN,
-                            "amount_units": claim.worst_case_units,
-                            "reserved_units": claim.worst_case_units,
-                            "expires_at": now + HOLD_TTL,
-                            "created_at": now,
-                        },
-                    )
+                        )
+                repo.insert_hold(
+                    on,
+                    {
+                        "event_id": claim.event_id,
+                        "team": claim.team or "",
+                        "user": claim.user or "",
+                        "tags": claim.tags,
+                        "model": claim.model,
+                        "day": day,
+                        "week_start": week.start,
+                        "state": repo.OPEN,
+                        "amount_units": claim.worst_case_units,
+                        "reserved_units": claim.worst_case_units,
+                        "expires_at": now + HOLD_TTL,
+                        "created_at": now,
+                    },
+                )
         except _Refused as refused:  # rolled back: nothing reserved
             return refused.refusal
         except fast.Busy:
@@ -213,11 +208,8 @@ class BudgetGate:
         state = repo.HELD if awaiting_lookup else repo.SETTLED
         amount = claim.worst_case_units if awaiting_lookup else cost_units
         try:
-            with contextlib.ExitStack() as stack:
-                if writer is None:
-                    writer = stack.enter_context(fast.reading(self.db.engine))
-                with writer.transaction(wait=wait):
-                    repo.settle(writer, claim.event_id, state, amount)
+            with fast.reading(self.db.engine, writer) as on, on.transaction(wait=wait):
+                repo.settle(on, claim.event_id, state, amount)
         except fast.Busy:
             raise
         except Exception:

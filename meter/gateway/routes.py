@@ -11,7 +11,6 @@ Every answer that is not the upstream's own is in OpenAI's error envelope.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -329,10 +328,8 @@ def _admission(
     writes: list[Callable[[], None]] = later if later is not None else []
     reserved: Reserved = None
     try:
-        with contextlib.ExitStack() as stack:
-            if reader is None:
-                reader = stack.enter_context(fast.reading(gateway.db.engine))
-            principal = _authenticate(request, gateway, reader, writes)
+        with fast.reading(gateway.db.engine, reader) as on:
+            principal = _authenticate(request, gateway, on, writes)
             if isinstance(principal, Response):
                 return principal
             tags = principal.tags or header_tags
@@ -341,7 +338,7 @@ def _admission(
             if req is not None and not isinstance(tags, InvalidRequest):
                 user = principal.user or req.body_user
                 try:
-                    budgets = gateway.gate.covering(principal.team, user, tags, reader)
+                    budgets = gateway.gate.covering(principal.team, user, tags, on)
                 except BudgetUnavailable as exc:
                     budgets = exc
             if (
@@ -364,7 +361,7 @@ def _admission(
                 )
                 # On the same connection as the reads (PostgreSQL: no second checkout and
                 # ping); on the event loop, by the caller.
-                reserved = claim if inline else _reserve_claim(gateway, claim, budgets, reader)
+                reserved = claim if inline else _reserve_claim(gateway, claim, budgets, on)
     except sa.exc.OperationalError as exc:
         return _database_unreachable(exc)
     if not inline:
