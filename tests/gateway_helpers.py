@@ -13,6 +13,7 @@ from typing import Any
 import uvicorn
 
 from meter.api.app import create_app
+from meter.db import settled
 from meter.db.engine import make_engine
 from meter.db.session import Database
 from meter.keys import create_key
@@ -29,6 +30,18 @@ def database_at(url: str) -> Iterator[Database]:
     engine = make_engine(url)
     yield Database(engine, load_timezone("UTC"))
     engine.dispose()
+
+
+def assert_settled_totals_exact(db: Database) -> None:
+    """The gateway's settled totals add up its settled holds, group by group (meter.db.settled).
+    Read again while a settlement may commit between the two reads (liveness bound: 5 s)."""
+    for _ in range(100):
+        with db.engine.connect().execution_options(readonly=True) as conn:
+            groups, holds = settled.totals_by_group(conn), settled.recount(conn)
+        if groups == holds:
+            return
+        time.sleep(0.05)
+    assert groups == holds
 
 
 def gateway_settings(db_url: str, upstream_url: str, spool: Path, **overrides: Any) -> Settings:

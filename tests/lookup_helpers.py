@@ -17,6 +17,7 @@ from meter.reconcile import LookupPolicy
 from meter.settings import Settings, get_settings
 from tests.client_helpers import HELLO, MODEL
 from tests.factories import event
+from tests.gateway_helpers import assert_settled_totals_exact
 
 UPSTREAM_KEY = "sk-or-lookup-test"
 # Retries within a test's patience: the production backoff starts at 5 s.
@@ -132,7 +133,9 @@ def add_hold(db: Database, event_id: uuid.UUID, state: str, amount_units: int) -
 
 
 def hold(db: Database, event_id: uuid.UUID) -> tuple[str, int, datetime | None] | None:
-    """(state, amount, expiry) of an event's hold; None once the roll-up took it over."""
+    """(state, amount, expiry) of an event's hold; None once the roll-up took it over. The
+    settled totals checked."""
+    assert_settled_totals_exact(db)
     h = models.GatewayHold
     with db.engine.connect() as conn:
         row = conn.execute(

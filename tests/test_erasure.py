@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from meter import audit
 from meter.api.app import create_app
 from meter.cli import app as cli
-from meter.db import models
+from meter.db import models, settled
 from meter.db.engine import make_engine
 from meter.db.session import Database
 from meter.ids import uuid7
@@ -37,6 +37,7 @@ PER_MILLION = {
     SEED_MODEL: (Decimal("0.11"), Decimal("0.19")),
     OTHER_MODEL: (Decimal(3), Decimal(15)),
 }
+TAGS = {"feature": "chat", "env": "prod"}  # of her settled gateway calls
 # Days in five weeks of two months (all in the past), so that days, weeks, months and tags all
 # hold her.
 DAYS = [
@@ -168,9 +169,7 @@ def populate(client: TestClient, db: Database) -> World:
     # Budgets that existed before these weeks: a budget is judged only for periods that end
     # after it was made (meter.budgets.evaluate), and DAYS lie in the past whatever the date.
     with db.engine.begin() as conn:
-        conn.execute(
-            sa.update(models.Budget).values(created_at=datetime(2026, 10, 1, tzinfo=UTC))
-        )
+        conn.execute(sa.update(models.Budget).values(created_at=datetime(2026, 10, 1, tzinfo=UTC)))
     run_rollup(db)
     with db.engine.connect() as conn:
         fired = conn.execute(
@@ -196,7 +195,39 @@ def populate(client: TestClient, db: Database) -> World:
                 created_at=now,
             )
         )
+    settled_hold(db, "alice", 11)
     return World(alice + pending, pending, others, budget_id, team_budget_id, key_id)
+
+
+def settled_hold(db: Database, user: str, units: int) -> None:
+    """A gateway call of `user`'s that ended, its cost in its group, as the gateway leaves it."""
+    with db.engine.begin() as conn:
+        conn.execute(
+            sa.insert(models.GatewayHold).values(
+                event_id=uuid7(),
+                team="search",
+                user=user,
+                tags=TAGS,
+                model=SEED_MODEL,
+                day=DAYS[-1],
+                week_start=date(2026, 11, 30),
+                state="settled",
+                amount_units=units,
+                reserved_units=units * 10,
+                created_at=datetime.now(UTC),
+            )
+        )
+        settled.add(conn, DAYS[-1], "search", user, TAGS, units)
+
+
+def settled_groups(db: Database) -> dict[str, int]:
+    """The users' settled totals, once checked against the holds they add up."""
+    with db.engine.connect() as conn:
+        groups = settled.totals_by_group(conn)
+        assert groups == settled.recount(conn)
+    assert all(key[:2] == (DAYS[-1], "search") for key in groups)
+    assert all(key[3] == settled.tags_key(TAGS) for key in groups)
+    return {key[2]: units for key, units in groups.items()}
 
 
 def dump(db: Database) -> str:
@@ -290,7 +321,8 @@ def test_erasure_replaces_alice_everywhere_and_keeps_every_total(
     assert pseudonym == pseudonym_of(secret_key(db), "alice")
     assert len(pseudonym) == len("erased-") + 16 and pseudonym.startswith("erased-")
     assert out["events"] == len(world.alice) + 1
-    assert out["marks"] == 1 and out["holds"] == 1
+    assert out["marks"] == 1 and out["holds"] == 2
+    assert settled_groups(db) == {pseudonym: 11}  # her settled gateway calls' cost moved
     assert out["budgets_deleted"] == [world.budget_id]
     assert out["keys_deleted"] == [world.key_id]
     assert out["audit_entries"] == 2  # budget.create of her budget, key.create of her key
@@ -374,15 +406,19 @@ def test_a_second_erasure_adds_her_new_rows_to_the_pseudonyms(
     first = [ev("alice", "search", d, tags={"feature": "chat"}) for d in DAYS]
     assert client.post("/v1/tags", json={"key": "feature"}, headers=ADMIN).status_code == 201
     post(client, first)
+    settled_hold(db, "alice", 10**15 + 1)
     run_rollup(db)
     pseudonym = erase(client, "alice")["pseudonym"]
     # She comes back: events in the same days, teams and models as the pseudonym's rows.
     again = [ev("alice", "search", d, tags={"feature": "chat"}, tokens=(7, 3)) for d in DAYS]
     post(client, again)
+    settled_hold(db, "alice", 2)
+    settled_hold(db, "bob", 3)
     run_rollup(db)
     before = usage_totals(client, "team,model")
     out = erase(client, "alice")
     assert out["pseudonym"] == pseudonym
+    assert settled_groups(db) == {pseudonym: 10**15 + 3, "bob": 3}  # added to the pseudonym's
     assert out["events"] == len(again)
     assert out["daily_rows"] == len(DAYS) and out["tag_rows"] == len(DAYS)
     assert out["weekly_rows"] == len({d - timedelta(days=d.weekday()) for d in DAYS})
@@ -452,6 +488,7 @@ def test_delete_events_drops_her_cost_exactly_and_a_replay_stays_out(
     assert report(client, "alice")["lines"] == []
     assert report(client, out["pseudonym"])["lines"] == []
     assert "alice" not in dump(db)
+    assert settled_groups(db) == {}  # her settled gateway calls' cost went with her events
     with db.engine.connect() as conn:
         erased = set(conn.execute(sa.select(models.ErasedEvent.id)).scalars())
         users = set(conn.execute(sa.select(models.Event.user).distinct()).scalars())

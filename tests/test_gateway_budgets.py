@@ -32,6 +32,7 @@ from tests.client_helpers import HELLO, MODEL, stored_events
 from tests.gateway_helpers import (
     SERVER_KEY,
     GatewayServer,
+    assert_settled_totals_exact,
     database_at,
     gateway_key,
     gateway_settings,
@@ -69,7 +70,8 @@ def holds(db: Database) -> list[tuple[str, int, int]]:
 
 
 def read_holds(db: Database) -> list[tuple[str, int, int]]:
-    """As `holds`, without waiting for SQLite's write lock."""
+    """As `holds`, without waiting for SQLite's write lock; the settled totals checked."""
+    assert_settled_totals_exact(db)
     with db.engine.connect().execution_options(readonly=True) as conn:
         rows = conn.execute(
             sa.text("SELECT state, amount_units, reserved_units FROM gateway_holds")

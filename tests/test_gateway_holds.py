@@ -24,7 +24,7 @@ from meter.ids import uuid7
 from meter.pricing import SEED_MODEL
 from meter.rollup.engine import run_rollup
 from tests.budget_helpers import loopback_settings
-from tests.gateway_helpers import database_at
+from tests.gateway_helpers import assert_settled_totals_exact, database_at
 
 W = 1_000_000  # one claim's worst case, in units of 1e-12 USD
 
@@ -70,6 +70,7 @@ def claim(
 
 
 def states(db: Database) -> list[tuple[str, int]]:
+    assert_settled_totals_exact(db)
     with db.engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT state, amount_units FROM gateway_holds")).all()
     return sorted((r[0], int(r[1])) for r in rows)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime
+
 import pytest
 import sqlalchemy as sa
 from alembic import command
 
 from meter._exceptions import ConfigError
-from meter.db import migrate
+from meter.db import migrate, models, settled
 from meter.db.engine import make_engine
+from meter.ids import uuid7
 from tests.conftest import DatabaseFactory
 
 
@@ -57,5 +60,52 @@ def test_old_schema_is_reported_not_used(databases: DatabaseFactory):
     try:
         with pytest.raises(ConfigError, match="meter db upgrade"):
             migrate.check_ready(engine, "UTC")
+    finally:
+        engine.dispose()
+
+
+def test_0008_sums_the_holds_settled_before_it(databases: DatabaseFactory):
+    """Holds settled under 0007 get their groups: an admission right after the upgrade sees
+    the same spend as before it."""
+    engine = make_engine(databases.url(migrated=False))
+    tags = {"feature": "chat"}
+    holds = [  # (team, user, tags, state, amount)
+        ("search", "alice", tags, "settled", 10**15 + 1),
+        ("search", "alice", tags, "settled", 2),
+        ("search", "alice", None, "settled", 3),
+        ("search", "", None, "settled", 4),
+        ("search", "alice", tags, "held", 100),  # not settled: counted as reserved instead
+        ("ads", "bob", None, "open", 200),
+    ]
+    try:
+        migrate.upgrade(engine, "UTC", revision="0007")
+        h = models.GatewayHold.__table__
+        with engine.begin() as conn:
+            for team, user, hold_tags, state, amount in holds:
+                conn.execute(
+                    sa.insert(h).values(
+                        event_id=uuid7(),
+                        team=team,
+                        user=user,
+                        tags=hold_tags,
+                        model="m/x",
+                        day=date(2026, 12, 7),
+                        week_start=date(2026, 12, 7),
+                        state=state,
+                        amount_units=amount,
+                        reserved_units=amount,
+                        created_at=datetime.now(UTC),
+                    )
+                )
+        migrate.upgrade(engine, "UTC")
+        with engine.connect() as conn:
+            groups = settled.totals_by_group(conn)
+            assert groups == settled.recount(conn)
+        day = date(2026, 12, 7)
+        assert groups == {
+            (day, "search", "alice", settled.tags_key(tags)): 10**15 + 3,
+            (day, "search", "alice", ""): 3,
+            (day, "search", "", ""): 4,
+        }
     finally:
         engine.dispose()

@@ -200,7 +200,7 @@ def test_the_migration_marks_every_rolled_up_month(databases: DatabaseFactory) -
                     'INSERT INTO weekly_usage SELECT week_start, team, "user", model, '
                     "SUM(requests), SUM(prompt_tokens), SUM(completion_tokens), SUM(errors), "
                     "SUM(estimated), SUM(unpriced), SUM(input_cost_units), "
-                    'SUM(output_cost_units), MAX(updated_at) FROM daily_usage '
+                    "SUM(output_cost_units), MAX(updated_at) FROM daily_usage "
                     'GROUP BY week_start, team, "user", model'
                 )
             )

@@ -423,6 +423,27 @@ class GatewayHold(Base):
     created_at: Mapped[datetime]
 
 
+class GatewaySettled(Base):
+    """The exact cost of the gateway's settled holds, per (day, team, user, tags): what an
+    admission adds to the roll-up's total, read as one row per group instead of one per call
+    (meter.db.settled keeps it equal to the sum of those holds at every commit). A row goes
+    when the roll-up has counted all of its calls."""
+
+    __tablename__ = "gateway_settled"
+    __table_args__ = (
+        sa.Index("ix_gateway_settled_team_day", "team", "day", "amount_units"),
+        sa.Index("ix_gateway_settled_user_day", "user", "day", "amount_units"),
+        {"sqlite_with_rowid": False},
+    )
+
+    day: Mapped[date] = mapped_column(primary_key=True)
+    team: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    user: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    tags_key: Mapped[str] = mapped_column(sa.String(64), primary_key=True)  # "" or a digest
+    tags: Mapped[dict[str, str] | None]
+    amount_units: Mapped[int] = mapped_column(BigInt)
+
+
 class AuditEntry(Base):
     """One change made with an admin key, the CLI or the scheduler (meter.audit). Append-only:
     nothing in meter updates or deletes a row."""

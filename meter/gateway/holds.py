@@ -10,7 +10,9 @@ Why gateway calls never take an enforced budget past its limit, whatever the con
    every budget, spend + reserved + W <= limit. The next admission to that budget reads after
    this commit, so it sees this hold.
 2. spend = the roll-up's total for the period + the exact cost of the gateway's settled calls
-   not yet rolled up; reserved = the open holds. A call's money is always in exactly one of
+   not yet rolled up, read from their totals per (day, team, user, tags), which every writer
+   of a settled hold keeps equal to the sum of those holds in its own transaction
+   (meter.db.settled); reserved = the open holds. A call's money is always in exactly one of
    three places: its open hold (W, while it runs), its settled hold (its exact cost, once it
    ended), or the roll-up (once the chunk that counts its event deleted the hold, in the same
    transaction: meter.rollup.repository.drop_counted_holds). One snapshot sees each call in one
@@ -209,7 +211,7 @@ class BudgetGate:
         amount = claim.worst_case_units if awaiting_lookup else cost_units
         try:
             with fast.reading(self.db.engine, writer) as on, on.transaction(wait=wait):
-                repo.settle(on, claim.event_id, state, amount)
+                repo.settle(on, claim.event_id, state, amount, claim.tags)
         except fast.Busy:
             raise
         except Exception:

@@ -19,11 +19,12 @@ from meter.budgets.repository import (
     rollup_spend_subqueries,
     scope_condition,
 )
-from meter.db import fast, models
+from meter.db import fast, models, settled
 from meter.db.fast import FastSelect, FastStatement
 from meter.periods import Window
 
 H = models.GatewayHold
+G = models.GatewaySettled
 B = models.Budget
 
 OPEN, HELD, SETTLED = "open", "held", "settled"
@@ -78,13 +79,28 @@ def covering_budgets(
     return [_budget(r) for r in _covering(len(subjects)).rows(reader, params)]
 
 
-def _hold_sum(states: tuple[str, ...], window: Window, where: Any) -> Any:
-    query = sa.select(sa.func.coalesce(sa.func.sum(H.amount_units), 0)).where(
-        H.day >= window.start, H.day < window.end, H.state.in_(states), where
+def _reserved_sum(window: Window, budget: BudgetRow) -> Any:
+    """The open and held holds' reservations in the window (an open one until it expires)."""
+    return (
+        sa.select(sa.func.coalesce(sa.func.sum(H.amount_units), 0))
+        .where(
+            H.day >= window.start,
+            H.day < window.end,
+            H.state.in_((OPEN, HELD)),
+            _covers(budget, H),
+            sa.or_(H.expires_at.is_(None), H.expires_at > _NOW),
+        )
+        .scalar_subquery()
     )
-    if OPEN in states:
-        query = query.where(sa.or_(H.expires_at.is_(None), H.expires_at > _NOW))
-    return query.scalar_subquery()
+
+
+def _settled_sum(window: Window, budget: BudgetRow) -> Any:
+    """The settled holds' exact costs in the window, from their groups (meter.db.settled)."""
+    return (
+        sa.select(sa.func.coalesce(sa.func.sum(G.amount_units), 0))
+        .where(G.day >= window.start, G.day < window.end, _covers(budget, G))
+        .scalar_subquery()
+    )
 
 
 _NOW = sa.bindparam("now", type_=models.UTCDateTime())
@@ -112,9 +128,8 @@ def _statements(
         columns: list[Any] = [B.id, B.weekly_limit_units, B.enforce]
         for b, window in zip(budgets, windows, strict=True):
             columns += rollup_spend_subqueries(b, window)
-            in_holds = _in_holds(b)
-            columns.append(_hold_sum((SETTLED,), window, in_holds))
-            columns.append(_hold_sum((OPEN, HELD), window, in_holds))
+            columns.append(_settled_sum(window, b))
+            columns.append(_reserved_sum(window, b))
         states = sa.select(*columns).where(B.id.in_(ids)).order_by(B.id)
         found = (FastStatement(lock), FastStatement(states))
         if len(_STATES) >= _STATES_MAX:
@@ -123,11 +138,12 @@ def _statements(
     return found
 
 
-def _in_holds(budget: BudgetRow) -> Any:
+def _covers(budget: BudgetRow, table: Any) -> Any:
+    """The rows of `table` (holds or their groups) that `budget` covers."""
     tag = budget.tag
     if tag is not None:
-        return H.tags[tag[0]].as_string() == tag[1]
-    return scope_condition(budget.scope, budget.subject, H.team, H.user)
+        return table.tags[tag[0]].as_string() == tag[1]
+    return scope_condition(budget.scope, budget.subject, table.team, table.user)
 
 
 def budget_states(
@@ -135,7 +151,8 @@ def budget_states(
 ) -> list[BudgetState]:
     """Every budget's spend and open reservations in its window (its day, week or month), in
     ONE statement: one snapshot, so a roll-up committing meanwhile (moving a settled call's
-    cost from its hold to the roll-up) is seen wholly or not at all, never twice or missed.
+    cost from its group of settled holds to the roll-up) or a settlement (from its open hold
+    to its group) is seen wholly or not at all, never twice or missed.
 
     In the caller's transaction (`writer.transaction()`), which this makes the only admission
     to these budgets until it ends: on PostgreSQL it first locks their rows, in id order (so
@@ -181,7 +198,7 @@ HOLD_COLUMNS = (
     "created_at",
 )
 _INSERT_HOLD = FastStatement(sa.insert(H), column_keys=HOLD_COLUMNS)
-_SETTLE = FastStatement(
+_SETTLE_HOLD = (
     sa.update(H)
     .where(H.event_id == sa.bindparam("hold"), H.state == OPEN)
     .values(
@@ -190,6 +207,42 @@ _SETTLE = FastStatement(
         expires_at=sa.null(),
     )
 )
+_GROUP_COLUMNS = ["day", "team", "user", "tags_key", "tags", "amount_units"]
+
+
+def _settle_statements() -> tuple[list[FastStatement], list[FastStatement]]:
+    """(SQLite's, PostgreSQL's) statements of a settlement: the hold's new state and, when it
+    is settled, its cost added to its group of meter.db.settled, taken from the hold's own row.
+
+    PostgreSQL: one statement, the UPDATE first (it locks the hold, then the group: the lock
+    order of meter.db.settled), adding to the group only if it changed the hold (a roll-up may
+    have counted the call and deleted its hold meanwhile). SQLite: the INSERT reads the hold
+    before the UPDATE changes it, under the write lock this transaction holds since BEGIN."""
+    units = sa.bindparam("amount", type_=models.BigInt)
+    from_hold = (
+        sa.select(H.day, H.team, H.user, sa.bindparam("tags_key", type_=sa.String()), H.tags, units)
+        .where(H.event_id == sa.bindparam("hold"), H.state == OPEN)
+        .where(sa.bindparam("new_state", type_=sa.String()) == SETTLED)
+    )
+    lite = settled.upsert("sqlite").from_select(_GROUP_COLUMNS, from_hold)
+    changed = _SETTLE_HOLD.returning(H.day, H.team, H.user, H.tags, H.amount_units, H.state).cte(
+        "changed"
+    )
+    pg = settled.upsert("postgresql").from_select(
+        _GROUP_COLUMNS,
+        sa.select(
+            changed.c.day,
+            changed.c.team,
+            changed.c.user,
+            sa.bindparam("tags_key", type_=sa.String()),
+            changed.c.tags,
+            changed.c.amount_units,
+        ).where(changed.c.state == SETTLED),
+    )
+    return [FastStatement(lite), FastStatement(_SETTLE_HOLD)], [FastStatement(pg)]
+
+
+_SETTLE_SQLITE, _SETTLE_PG = _settle_statements()
 
 
 def insert_hold(writer: fast.Reader, values: dict[str, Any]) -> None:
@@ -197,9 +250,23 @@ def insert_hold(writer: fast.Reader, values: dict[str, Any]) -> None:
     _INSERT_HOLD.execute(writer, values)
 
 
-def settle(writer: fast.Reader, event_id: uuid.UUID, state: str, amount_units: int) -> None:
-    """An open hold becomes `state` with `amount_units` (nothing if it is no longer open)."""
-    _SETTLE.execute(writer, {"hold": event_id, "new_state": state, "amount": amount_units})
+def settle(
+    writer: fast.Reader,
+    event_id: uuid.UUID,
+    state: str,
+    amount_units: int,
+    tags: dict[str, str] | None,
+) -> None:
+    """An open hold becomes `state` with `amount_units`, and a settled one's cost joins its
+    group (nothing if the hold is no longer open). `tags`: the call's (the hold's) tags."""
+    params = {
+        "hold": event_id,
+        "new_state": state,
+        "amount": amount_units,
+        "tags_key": settled.tags_key(tags),
+    }
+    for statement in _SETTLE_SQLITE if writer.is_sqlite else _SETTLE_PG:
+        statement.execute(writer, params)
 
 
 def extend(conn: Connection, event_ids: Sequence[uuid.UUID], expires_at: datetime) -> None:

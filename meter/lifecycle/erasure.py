@@ -9,7 +9,8 @@ runs meanwhile) in one transaction, between `user.erase.start` and `user.erase.f
 
 What changes: events, roll-up marks, daily, tag and weekly totals (a pseudonym's rows that
 exist already, from an earlier erasure of the same id, are summed with the renamed ones, never
-recounted from raw events, which may have been purged), gateway holds, alert payloads and
+recounted from raw events, which may have been purged), gateway holds and their settled
+totals, alert payloads and
 audit entries. The user's budgets (and their alerts) and the gateway keys bound to the user are
 deleted. With `delete_events`, the user's events (under their id and their pseudonym) and their
 roll-up rows are deleted instead, and the events' ids are kept in `erased_events`, so that a
@@ -40,7 +41,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 from meter import audit
 from meter._exceptions import InvalidRequest
 from meter.budgets.repository import delete_budget
-from meter.db import models
+from meter.db import models, settled
 from meter.db.ledger import MARK_ORDER, mark_dirty
 from meter.db.session import Database
 from meter.events import ERASED_PREFIX, MAX_NAME_LENGTH
@@ -163,6 +164,7 @@ def _erase(
         events = _delete_events(conn, users, now)
         marks = len(_take_marks(conn, users))
         holds = _delete_where(conn, models.GatewayHold, users)
+        settled.delete_users(conn, users)
         daily, tags, weekly, monthly = (_delete_where(conn, t, users) for t in _ROLLUPS)
     else:
         e = models.Event
@@ -172,6 +174,7 @@ def _erase(
         marks = len(taken)
         h = models.GatewayHold
         holds = conn.execute(sa.update(h).where(h.user == user).values(user=pseudonym)).rowcount
+        settled.move_user(conn, user, pseudonym)  # after the holds: the lock order
         daily, tags, weekly, monthly = (
             _merge_rows(conn, t, user, pseudonym, now) for t in _ROLLUPS
         )

@@ -12,7 +12,7 @@ from datetime import date, datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from meter.db import models
+from meter.db import models, settled
 from meter.pricing import Cost, Price
 from meter.reconcile.generation import Generation
 
@@ -220,16 +220,20 @@ def settle_gateway_hold(conn: Connection, event_id: uuid.UUID, cost_units: int) 
     has given up and the estimate is all there will ever be, the reservation must become the
     event's exact cost (0 when unpriced). It runs in the transaction that reconciles the event
     or gives up on it, so a budget check never sees the new cost without the reservation's
-    release, nor the reverse. Holds in other states are not ours to change. -> True if settled.
+    release, nor the reverse; the cost joins the hold's group of meter.db.settled in it too.
+    Holds in other states are not ours to change. -> True if settled.
     """
     h = models.GatewayHold
-    return bool(
-        conn.execute(
-            sa.update(h)
-            .where(h.event_id == event_id, h.state == "held")
-            .values(state="settled", amount_units=cost_units, expires_at=None)
-        ).rowcount
-    )
+    changed = conn.execute(
+        sa.update(h)
+        .where(h.event_id == event_id, h.state == "held")
+        .values(state="settled", amount_units=cost_units, expires_at=None)
+        .returning(h.day, h.team, h.user, h.tags)
+    ).first()
+    if changed is None:
+        return False
+    settled.add(conn, changed.day, changed.team, changed.user, changed.tags, cost_units)
+    return True
 
 
 def _clip(text: str | None) -> str | None:

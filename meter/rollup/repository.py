@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from meter.db import settled
 from meter.db.ledger import MARK_ORDER
 from meter.db.models import UTCDateTime
 from meter.periods import as_date, months_of, whole_weeks
@@ -495,7 +496,8 @@ def drop_counted_holds(conn: Connection, chunk: Chunk, whole_range: bool) -> Non
     Runs before the recount, in the same transaction: every event this statement sees is also
     seen by the recount that follows (READ COMMITTED snapshots only grow; SQLite excludes every
     writer), so a hold leaves the budgets' spend exactly when its event's cost enters the
-    roll-up, at the commit. `held` holds stay: a cancelled call's reservation waits for its
+    roll-up, at the commit; the settled ones leave their groups of meter.db.settled (after the
+    DELETE: the holds' locks first). `held` holds stay: a cancelled call's reservation waits for its
     generation lookup, which settles it and marks the group again. Driven from the holds (few)
     with one probe of the events' primary key each, never a scan of the chunk's events.
     """
@@ -509,14 +511,23 @@ def drop_counted_holds(conn: Connection, chunk: Chunk, whole_range: bool) -> Non
             f'(SELECT k.week_start, k.team, k."user", k.model FROM {scope} k)'
         )
         params = {**params, **in_weeks}
-    conn.execute(
+    deleted = conn.execute(
         _text(
             "DELETE FROM gateway_holds WHERE event_id IN (SELECT h.event_id FROM gateway_holds h "
             f"WHERE {where} AND h.state IN ('open', 'settled') "
-            "AND EXISTS (SELECT 1 FROM events e WHERE e.id = h.event_id))"
+            "AND EXISTS (SELECT 1 FROM events e WHERE e.id = h.event_id)) "
+            'RETURNING state, day, team, "user", tags, amount_units'
+        ).columns(
+            sa.column("state", sa.String()),
+            sa.column("day", sa.Date()),
+            sa.column("team", sa.String()),
+            sa.column("user", sa.String()),
+            sa.column("tags", sa.JSON()),
+            sa.column("amount_units", sa.BigInteger()),
         ),
         params,
-    )
+    ).all()
+    settled.subtract(conn, (h for h in deleted if h.state == "settled"))
 
 
 def consume_marks(conn: Connection, chunk: Chunk) -> None:
