@@ -440,11 +440,17 @@ def backends(requested: str) -> list[str]:
     return wanted
 
 
-def run_json(cmd: Sequence[str], env: dict[str, str] | None = None, timeout: float = 1800) -> Any:
+def run_json(
+    cmd: Sequence[str],
+    env: dict[str, str] | None = None,
+    timeout: float = 1800,
+    cwd: Path | None = None,
+) -> Any:
     """Run a child that prints one JSON document as its last stdout line."""
     done = subprocess.run(
         list(cmd),
         env={**os.environ, **(env or {})},
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=None,
         timeout=timeout,

@@ -8,7 +8,8 @@ core 1). Latency: calls at concurrency 1, the two servers in turn, the order rot
 call. CPU: utime + stime of each server over blocks of sequential calls, alternated, each block
 ending when its events are committed. On a machine whose speed drifts between runs (see
 BENCHMARKS.md), a change's effect is read here, in one run, rather than from two runs of
-`bench.gateway`. Both revisions must share the schema (the same Alembic head).
+`bench.gateway`. Each database is migrated, and its keys and budgets made, by its own
+revision's code, so the two may differ in schema.
 
     .venv/bin/python -m bench.gateway_ab --against REV [--db sqlite|postgresql]
         [--budgets off|teams|global] [--calls 1500] [--cpu-calls 1000] [--rounds 6]
@@ -33,10 +34,10 @@ from bench._common import (
     Report,
     Row,
     free_port,
-    new_sqlite,
     pct,
     pg_databases,
     process,
+    run_json,
     say,
     upstream,
     wait_http,
@@ -61,6 +62,21 @@ def worktree(rev: str, where: Path) -> Iterator[Path]:
         )
 
 
+def prepare(tree: Path, url: str, budgets: str) -> list[str]:
+    """`bench.gateway.prepare_meter_db` run by the code of `tree` (its migrations) -> keys."""
+    script = (
+        "import json, sys; from bench.gateway import prepare_meter_db; "
+        "print(json.dumps(prepare_meter_db(sys.argv[1], sys.argv[2])))"
+    )
+    keys: list[str] = run_json(
+        [sys.executable, "-c", script, url, budgets],
+        env={"PYTHONPATH": str(tree)},
+        timeout=300,
+        cwd=tree,  # `python -c` puts its working directory first on sys.path
+    )
+    return keys
+
+
 def run(
     report: Report, rev: str, db: str, budgets: str, calls: int, cpu_calls: int, rounds: int
 ) -> None:
@@ -71,8 +87,13 @@ def run(
         up = stack.enter_context(upstream(cpus=g.LOAD_CPUS))
         targets: dict[str, g.Target] = {}
         for name, tree in ((rev, old_tree), ("this checkout", REPO)):
-            url = pg.create() if pg is not None else new_sqlite(work, f"ab-{len(targets)}")
-            keys = g.prepare_meter_db(url, budgets)
+            # An empty database, for the tree's own migrations.
+            url = (
+                pg.create(migrated=False)
+                if pg is not None
+                else f"sqlite:///{work}/ab-{len(targets)}.db"
+            )
+            keys = prepare(tree, url, budgets)
             port = free_port()
             env = {
                 "METER_DATABASE_URL": url,
@@ -86,7 +107,11 @@ def run(
             proc = stack.enter_context(
                 process(cmd, env=env, log=log, unset=("METER_ADMIN_KEY",), cpus=g.PROXY_CPUS)
             )
-            wait_http(f"http://127.0.0.1:{port}/healthz", timeout=120, proc=proc)
+            try:
+                wait_http(f"http://127.0.0.1:{port}/healthz", timeout=120, proc=proc)
+            except RuntimeError:
+                say(f"{name}'s server did not start; its log:\n{log.read_text()[-3000:]}")
+                raise
             g.pin_tree(proc.pid, g.PROXY_CPUS)
             targets[name] = g.Target(name, f"http://127.0.0.1:{port}/v1", keys, proc.pid, url)
         os.sched_setaffinity(0, g.LOAD_CPUS)
