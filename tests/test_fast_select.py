@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from meter.db import fast, models, settled
-from meter.db.fast import FastSelect
+from meter.db.fast import FastSelect, FastStatement
 from meter.db.session import Database
 from meter.gateway import repository as repo
 from meter.ids import uuid7
@@ -195,6 +195,29 @@ def test_a_failed_transaction_leaves_nothing_and_the_connection_usable(db: Datab
         rows = conn.execute(
             sa.select(models.GatewayHold.state, models.GatewayHold.amount_units)
         ).all()
+    assert [tuple(r) for r in rows] == [("settled", 5)]
+
+
+def test_an_unflushed_transaction_commits_and_only_it_is_unflushed(db: Database) -> None:
+    """`flushed=False` (PostgreSQL: synchronous_commit off for that transaction alone) commits
+    like any other; the connection's next transactions wait for the disk again."""
+    event_id = uuid7()
+    show = FastStatement(sa.text("SHOW synchronous_commit").columns(sa.column("value")))
+    with fast.reading(db.engine) as writer:
+        with writer.transaction():
+            repo.insert_hold(writer, _hold(event_id))
+        with writer.transaction(flushed=False):
+            repo.settle(writer, event_id, repo.SETTLED, 5, None)
+            if not writer.is_sqlite:
+                assert show.run(writer, {})[0][0] == "off"
+        if not writer.is_sqlite:
+            with writer.transaction():
+                assert show.run(writer, {})[0][0] == "on"
+    with db.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(models.GatewayHold.state, models.GatewayHold.amount_units)
+        ).all()
+        assert settled.totals_by_group(conn) == {(date(2026, 12, 6), "search", "alice", ""): 5}
     assert [tuple(r) for r in rows] == [("settled", 5)]
 
 

@@ -179,12 +179,14 @@ class Reader:
         )
 
     @contextmanager
-    def transaction(self, *, wait: bool = True) -> Iterator[None]:
+    def transaction(self, *, wait: bool = True, flushed: bool = True) -> Iterator[None]:
         """One write transaction, committed on the way out and rolled back on an exception.
         SQLite: `BEGIN IMMEDIATE`, so its reads and writes are one serialised snapshot; with
         `wait=False` it raises Busy at once, instead of waiting, while another connection
         writes. PostgreSQL: in pipeline mode; a statement's answer is waited for only when its
-        rows are read (and, for the others, at the commit)."""
+        rows are read (and, for the others, at the commit). With `flushed=False` its COMMIT
+        does not wait for the WAL to reach the disk (synchronous_commit off): a crash of the
+        database server may lose it (never half of it), for a write whose loss is harmless."""
         if self.is_sqlite:
             with self._sqlite_transaction(wait):
                 yield
@@ -193,6 +195,8 @@ class Reader:
         try:
             with driver.pipeline():
                 self.cursor.execute("BEGIN")
+                if not flushed:
+                    self.cursor.execute("SET LOCAL synchronous_commit TO OFF")
                 yield
                 self.cursor.execute("COMMIT")
         except BaseException as exc:

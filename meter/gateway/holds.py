@@ -210,7 +210,14 @@ class BudgetGate:
         state = repo.HELD if awaiting_lookup else repo.SETTLED
         amount = claim.worst_case_units if awaiting_lookup else cost_units
         try:
-            with fast.reading(self.db.engine, writer) as on, on.transaction(wait=wait):
+            # Not flushed (PostgreSQL): the server's next admission waits for this commit, and
+            # losing it in a crash of the database loses nothing that matters: the hold is
+            # open again, counts its whole reservation (more than the cost, never less) until
+            # it expires or the roll-up counts its event, as when a server dies before settling.
+            with (
+                fast.reading(self.db.engine, writer) as on,
+                on.transaction(wait=wait, flushed=False),
+            ):
                 repo.settle(on, claim.event_id, state, amount, claim.tags)
         except fast.Busy:
             raise
