@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     )
     spool_dir: Path = Field(default_factory=default_spool_dir)
     spool_max_bytes: int = Field(default=1 << 30, gt=0)
+    # PostgreSQL: connections a process keeps open for reuse; as many more open under load.
+    database_pool_size: int = Field(default=20, gt=0)
     # The gateway (SPEC section 7).
     gateway_max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
     gateway_fail_open: bool = False  # admit calls when the budget state cannot be read

@@ -37,7 +37,10 @@ def normalize_url(url: str) -> sa.URL:
     return parsed
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, pool_size: int | None = None, **kwargs: Any) -> Engine:
+    """`pool_size` (PostgreSQL): the connections kept open for reuse, and as many more opened
+    under load (SQLAlchemy's default is 5 and 10: under a gateway's load, threads then queued
+    for a connection, and connections beyond the five were opened and closed call after call)."""
     parsed = normalize_url(url)
     # Bound parameters (webhook secrets, user data) stay out of SQL logs and of the text of
     # database errors, which end up in logs too.
@@ -45,6 +48,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     try:
         if parsed.get_backend_name() == "sqlite":
             return _sqlite_engine(parsed, **kwargs)
+        if pool_size is not None:
+            kwargs.update(pool_size=pool_size, max_overflow=pool_size)
         return sa.create_engine(parsed, pool_pre_ping=True, **kwargs)
     except NoSuchModuleError as exc:
         raise ConfigError(

@@ -32,7 +32,7 @@ def open_database(settings: Settings, *, upgrade: bool) -> Database:
     Raises ConfigError with a one-line reason when the URL is bad, the database is unreachable,
     the schema is old (without `upgrade`) or the database counts weeks in another timezone.
     """
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, pool_size=settings.database_pool_size)
     try:
         check_reachable(engine)
         if upgrade:

@@ -38,6 +38,7 @@ from meter.client._record import Call
 from meter.client._sse import COMMENT, SSEDecoder
 from meter.client._types import MeterInfo
 from meter.db import fast
+from meter.gateway import network
 from meter.gateway.errors import openai_error, sse_error
 from meter.gateway.holds import BudgetGate, Claim
 from meter.metrics import GATEWAY_CALLS
@@ -91,9 +92,10 @@ _DROPPED_RESPONSE_HEADERS = frozenset(
 
 def make_http_client(settings: Settings) -> httpx.AsyncClient:
     limit = settings.gateway_max_connections
+    limits = httpx.Limits(max_connections=limit, max_keepalive_connections=min(limit, 200))
     return httpx.AsyncClient(
+        transport=network.transport(limits),
         timeout=httpx.Timeout(settings.gateway_timeout_seconds, connect=10.0, pool=30.0),
-        limits=httpx.Limits(max_connections=limit, max_keepalive_connections=min(limit, 200)),
         follow_redirects=False,
         trust_env=False,
     )
