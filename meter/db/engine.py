@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from meter._exceptions import ConfigError
+from meter._io import readable
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -50,7 +51,7 @@ def make_engine(url: str, pool_size: int | None = None, **kwargs: Any) -> Engine
             return _sqlite_engine(parsed, **kwargs)
         if pool_size is not None:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size)
-        return sa.create_engine(parsed, pool_pre_ping=True, **kwargs)
+        return _postgres_engine(parsed, **kwargs)
     except NoSuchModuleError as exc:
         raise ConfigError(
             f"no driver for {parsed.drivername}: pip install 'meter[postgres]'"
@@ -91,6 +92,31 @@ def _sqlite_engine(url: sa.URL, **kwargs: Any) -> Engine:
             conn.exec_driver_sql("BEGIN")
         else:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _postgres_engine(url: sa.URL, **kwargs: Any) -> Engine:
+    engine = sa.create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        """SQLAlchemy's pool_pre_ping, without its round trip while the connection is plainly
+        alive: an idle connection's socket has nothing to read unless the server closed it (a
+        restart, pg_terminate_backend, idle timeouts) or said something unasked; only then is
+        it pinged, and a dead one replaced before anyone uses it. (The ping was a round trip on
+        every checkout: 160 us of a gateway call's 4 ms here, BENCHMARKS.md section 8.)"""
+        try:
+            fd = -1 if dbapi_conn.closed else dbapi_conn.pgconn.socket
+        except Exception:  # psycopg: "the connection is lost"
+            fd = -1
+        if fd < 0:
+            raise sa.exc.DisconnectionError("the connection is closed")
+        if readable(fd):
+            try:
+                engine.dialect.do_ping(dbapi_conn)
+            except Exception as exc:
+                raise sa.exc.DisconnectionError(str(exc)) from exc
 
     return engine
 

@@ -11,7 +11,6 @@ directly; everything else is httpcore's anyio backend, unchanged.
 
 from __future__ import annotations
 
-import select
 import socket
 import ssl
 from typing import Any
@@ -21,16 +20,7 @@ import httpx
 from httpcore import AnyIOBackend, AsyncNetworkStream
 from httpcore._backends.anyio import AnyIOStream
 
-
-def _readable(sock: socket.socket | None) -> bool:
-    """Data (or the end of the stream) waiting on `sock`; a socket gone counts as readable,
-    so that its connection is dropped."""
-    fd = -1 if sock is None else sock.fileno()
-    if fd < 0:
-        return True
-    poll = select.poll()
-    poll.register(fd, select.POLLIN)
-    return bool(poll.poll(0))
+from meter._io import readable
 
 
 class _Stream(AnyIOStream):
@@ -41,7 +31,7 @@ class _Stream(AnyIOStream):
 
     def get_extra_info(self, info: str) -> Any:
         if info == "is_readable":
-            return _readable(self._socket)
+            return readable(-1 if self._socket is None else self._socket.fileno())
         if info == "socket":
             return self._socket
         return super().get_extra_info(info)
