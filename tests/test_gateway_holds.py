@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from meter.budgets import service
+from meter.budgets.repository import delete_budget
 from meter.budgets.schemas import BudgetCreate
 from meter.db import fast
 from meter.db.ledger import insert_events, load_price_book
@@ -309,3 +310,36 @@ def test_the_loops_connection_and_pooled_ones_together_fill_the_budget_exactly(
     threads = [threading.Thread(target=loop, args=(g, d)) for g, d in zip(gates, dbs, strict=True)]
     threads += [threading.Thread(target=pooled, args=(i,)) for i in range(20)]
     _run_and_check_ten_of_fifty(db, threads, admitted, gates, engines)
+
+
+def test_several_budgets_are_judged_together_and_a_deleted_one_no_longer_limits(
+    db: Database,
+) -> None:
+    """Team, user and global budgets on one call: the first without room refuses, with its own
+    figures; a budget deleted between the covering read and the admission limits nothing."""
+    team = budget(db, 10 * W)
+    user = budget(db, 3 * W, scope="user", subject="alice")
+    everyone = budget(db, 10**18, scope="global", subject="")  # exact far beyond a float
+    gate = BudgetGate(db)
+    budgets = gate.covering("search", "alice")
+    assert [b.id for b in budgets] == sorted([team, user, everyone])
+    settled = claim(W)
+    assert gate.admit(settled, budgets) is None
+    gate.settle(settled, W // 2, awaiting_lookup=False)
+    assert gate.admit(claim(2 * W), budgets) is None
+    refusal = gate.admit(claim(W // 2 + 1), budgets)
+    assert refusal is not None
+    assert (refusal.budget_id, refusal.spend_usd, refusal.reserved_usd, refusal.needed_usd) == (
+        user,
+        Decimal(W // 2) / 10**12,
+        Decimal(2 * W) / 10**12,
+        Decimal(W // 2 + 1) / 10**12,
+    )
+    assert gate.admit(claim(W // 2), budgets) is None  # exactly the room left
+    with db.engine.begin() as conn:
+        delete_budget(conn, user)
+    assert gate.admit(claim(W), budgets) is None  # read before the deletion: no longer limits
+    assert states(db) == sorted(
+        [("settled", W // 2), ("open", 2 * W), ("open", W // 2), ("open", W)]
+    )
+    gate.close()

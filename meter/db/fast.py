@@ -98,7 +98,7 @@ class FastStatement:
             )
         return found
 
-    def _send(self, reader: Reader, params: Mapping[str, Any]) -> _Compiled:
+    def _send(self, reader: Reader, params: Mapping[str, Any], cursor: Any = None) -> _Compiled:
         compiled = self._for(reader.dialect)
         values = {**compiled.defaults, **params}
         for name, encode in compiled.encoders.items():
@@ -106,11 +106,12 @@ class FastStatement:
             if value is not None:
                 values[name] = encode(value)
         sql = compiled.sql
+        cursor = reader.cursor if cursor is None else cursor
         try:
             if compiled.names is not None:
-                reader.cursor.execute(sql, tuple(values[n] for n in compiled.names))
+                cursor.execute(sql, tuple(values[n] for n in compiled.names))
             else:
-                reader.cursor.execute(sql, values)
+                cursor.execute(sql, values)
         except reader.dialect.loaded_dbapi.Error as exc:
             raise reader.error(sql, exc) from exc
         return compiled
@@ -123,17 +124,40 @@ class FastStatement:
     def run(self, reader: Reader, params: Mapping[str, Any]) -> list[Any]:
         """Its rows for `params`, as named tuples, read now."""
         compiled = self._send(reader, params)
+        return _fetch(reader, compiled, reader.cursor)
+
+    def later(self, reader: Reader, params: Mapping[str, Any]) -> Callable[[], list[Any]]:
+        """Send it now and read its rows later: PostgreSQL, in a transaction, the rows can be
+        read after the COMMIT, so that the statement, the COMMIT and the answer are one round
+        trip. -> a function that returns the rows (once)."""
+        cursor = reader.raw.cursor()
         try:
-            found = reader.cursor.fetchall()
-        except reader.dialect.loaded_dbapi.Error as exc:
-            raise reader.error(compiled.sql, exc) from exc
-        out = []
-        for raw in found:
-            decoded = list(raw)
-            for i, process in compiled.decoders:
-                decoded[i] = process(decoded[i])
-            out.append(compiled.row._make(decoded))
-        return out
+            compiled = self._send(reader, params, cursor)
+        except BaseException:
+            cursor.close()
+            raise
+
+        def rows() -> list[Any]:
+            try:
+                return _fetch(reader, compiled, cursor)
+            finally:
+                cursor.close()
+
+        return rows
+
+
+def _fetch(reader: Reader, compiled: _Compiled, cursor: Any) -> list[Any]:
+    try:
+        found = cursor.fetchall()
+    except reader.dialect.loaded_dbapi.Error as exc:
+        raise reader.error(compiled.sql, exc) from exc
+    out = []
+    for raw in found:
+        decoded = list(raw)
+        for i, process in compiled.decoders:
+            decoded[i] = process(decoded[i])
+        out.append(compiled.row._make(decoded))
+    return out
 
 
 class FastSelect(FastStatement):

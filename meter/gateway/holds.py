@@ -94,9 +94,20 @@ class Claim:
     worst_case_units: int
 
 
-class _Refused(Exception):
-    def __init__(self, refusal: Refusal) -> None:
-        self.refusal = refusal
+def _refusal(states: Sequence[repo.BudgetState], worst_case_units: int) -> Refusal | None:
+    """The first enforced budget without room for `worst_case_units`, as a Refusal."""
+    for state in states:
+        if state.enforce and state.spend_units + state.reserved_units + worst_case_units > (
+            state.limit_units
+        ):
+            return Refusal(
+                budget_id=state.budget_id,
+                limit_usd=units_to_usd(state.limit_units),
+                spend_usd=units_to_usd(state.spend_units),
+                reserved_usd=units_to_usd(state.reserved_units),
+                needed_usd=units_to_usd(worst_case_units),
+            )
+    return None
 
 
 class BudgetUnavailable(Exception):
@@ -150,43 +161,43 @@ class BudgetGate:
         week = week_of(claim.occurred_at, self.db.tz)
         windows = [budget_window(b, claim.occurred_at, self.db.tz) for b in budgets]
         day = claim.occurred_at.astimezone(self.db.tz).date()
+        hold = {
+            "event_id": claim.event_id,
+            "team": claim.team or "",
+            "user": claim.user or "",
+            "tags": claim.tags,
+            "model": claim.model,
+            "day": day,
+            "week_start": week.start,
+            "state": repo.OPEN,
+            "amount_units": claim.worst_case_units,
+            "reserved_units": claim.worst_case_units,
+            "expires_at": now + HOLD_TTL,
+            "created_at": now,
+        }
         try:
-            with fast.reading(self.db.engine, writer) as on, on.transaction(wait=wait):
-                for state in repo.budget_states(on, budgets, windows, now):
-                    total = state.spend_units + state.reserved_units + claim.worst_case_units
-                    if state.enforce and total > state.limit_units:
-                        raise _Refused(
-                            Refusal(
-                                budget_id=state.budget_id,
-                                limit_usd=units_to_usd(state.limit_units),
-                                spend_usd=units_to_usd(state.spend_units),
-                                reserved_usd=units_to_usd(state.reserved_units),
-                                needed_usd=units_to_usd(claim.worst_case_units),
-                            )
-                        )
-                repo.insert_hold(
-                    on,
-                    {
-                        "event_id": claim.event_id,
-                        "team": claim.team or "",
-                        "user": claim.user or "",
-                        "tags": claim.tags,
-                        "model": claim.model,
-                        "day": day,
-                        "week_start": week.start,
-                        "state": repo.OPEN,
-                        "amount_units": claim.worst_case_units,
-                        "reserved_units": claim.worst_case_units,
-                        "expires_at": now + HOLD_TTL,
-                        "created_at": now,
-                    },
-                )
-        except _Refused as refused:  # rolled back: nothing reserved
-            return refused.refusal
+            with fast.reading(self.db.engine, writer) as on:
+                if on.is_sqlite:
+                    with on.transaction(wait=wait):
+                        states = repo.budget_states(on, budgets, windows, now)
+                        refusal = _refusal(states, claim.worst_case_units)
+                        if refusal is None:
+                            repo.insert_hold(on, hold)
+                else:  # the lock, the conditional INSERT and the COMMIT: one round trip
+                    with on.transaction(wait=wait):
+                        read = repo.admit_if_room(on, budgets, windows, now, hold)
+                    states, admitted = read()
+                    refusal = None if admitted else _refusal(states, claim.worst_case_units)
+                    if refusal is None and not admitted:  # cannot be: the same sums
+                        raise BudgetUnavailable("the admission disagreed with its own states")
         except fast.Busy:
+            raise
+        except BudgetUnavailable:
             raise
         except Exception as exc:
             raise BudgetUnavailable(str(exc)) from exc
+        if refusal is not None:  # rolled back, or nothing inserted: nothing reserved
+            return refusal
         with self._lock:
             self._running.add(claim.event_id)
         self._start_renewing()

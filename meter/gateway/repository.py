@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -108,14 +108,14 @@ _NOW = sa.bindparam("now", type_=models.UTCDateTime())
 # (4 subqueries a budget) and their cache keys at every call was most of an admission's CPU
 # (BENCHMARKS.md, Gateway). The windows are part of the key, so a new day, week or month gets
 # statements of its own; the cache is emptied when it grows large.
-_STATES: dict[tuple[Any, ...], tuple[FastStatement, FastStatement]] = {}
+_STATES: dict[tuple[Any, ...], tuple[FastStatement, FastStatement, FastStatement]] = {}
 _STATES_MAX = 1024
 
 
 def _statements(
     budgets: Sequence[BudgetRow], windows: Sequence[Window]
-) -> tuple[FastStatement, FastStatement]:
-    """(the lock of the budgets' rows, the read of their states)."""
+) -> tuple[FastStatement, FastStatement, FastStatement]:
+    """(the lock of the budgets' rows, the read of their states, PostgreSQL's admission)."""
     key = tuple(
         (b.id, b.scope, b.subject, w.kind, w.start, w.end)
         for b, w in zip(budgets, windows, strict=True)
@@ -131,7 +131,7 @@ def _statements(
             columns.append(_settled_sum(window, b))
             columns.append(_reserved_sum(window, b))
         states = sa.select(*columns).where(B.id.in_(ids)).order_by(B.id)
-        found = (FastStatement(lock), FastStatement(states))
+        found = (FastStatement(lock), FastStatement(states), _admission(budgets, windows))
         if len(_STATES) >= _STATES_MAX:
             _STATES.clear()
         _STATES[key] = found
@@ -159,7 +159,7 @@ def budget_states(
     admissions to a budget run one at a time across every server, and cannot deadlock), and
     reads after the lock is granted, in a statement of its own (READ COMMITTED: a snapshot
     that sees every admission committed before); on SQLite, BEGIN IMMEDIATE did it already."""
-    lock, read = _statements(budgets, windows)
+    lock, read, _ = _statements(budgets, windows)
     if not writer.is_sqlite:
         lock.execute(writer, {})  # pipelined: goes out with the read, one round trip
     rows = read.run(writer, {"now": now})
@@ -243,6 +243,90 @@ def _settle_statements() -> tuple[list[FastStatement], list[FastStatement]]:
 
 
 _SETTLE_SQLITE, _SETTLE_PG = _settle_statements()
+
+
+def _admission(budgets: Sequence[BudgetRow], windows: Sequence[Window]) -> FastStatement:
+    """PostgreSQL's admission as one statement, after the lock: every budget's state (as
+    `budget_states` reads it) and the hold inserted only if each has room for it, in one
+    snapshot taken once the lock is granted. Sums are NUMERIC there: exact, never overflowing.
+    -> (admitted: 1 or 0, id, limit_units, enforce, spend, reserved), one row per budget."""
+    parts = []
+    for b, window in zip(budgets, windows, strict=True):
+        high, low = rollup_spend_subqueries(b, window)
+        parts.append(
+            sa.select(
+                B.id.label("id"),
+                B.weekly_limit_units.label("limit_units"),
+                B.enforce.label("enforce"),
+                (high * SPLIT + low + _settled_sum(window, b)).label("spend"),
+                _reserved_sum(window, b).label("reserved"),
+            ).where(B.id == b.id)
+        )
+    states = (sa.union_all(*parts) if len(parts) > 1 else parts[0]).cte("states")
+    worst = sa.bindparam("worst", type_=models.BigInt)
+    no_room = sa.exists(
+        sa.select(states.c.id).where(
+            states.c.enforce,
+            states.c.spend + states.c.reserved + worst > states.c.limit_units,
+        )
+    )
+    values = [sa.bindparam(f"h_{c}", type_=H.__table__.c[c].type) for c in HOLD_COLUMNS]
+    inserted = (
+        sa.insert(H)
+        .from_select(list(HOLD_COLUMNS), sa.select(*values).where(~no_room))
+        .returning(H.event_id)
+        .cte("inserted")
+    )
+    # One row even when every budget was deleted meanwhile (then none limits the call).
+    admitted = sa.select(sa.func.count().label("admitted")).select_from(inserted).subquery("a")
+    return FastStatement(
+        sa.select(
+            admitted.c.admitted,
+            states.c.id,
+            states.c.limit_units,
+            states.c.enforce,
+            states.c.spend,
+            states.c.reserved,
+        )
+        .select_from(admitted.outerjoin(states, sa.true()))
+        .order_by(states.c.id)
+    )
+
+
+def admit_if_room(
+    writer: fast.Reader,
+    budgets: Sequence[BudgetRow],
+    windows: Sequence[Window],
+    now: datetime,
+    hold: dict[str, Any],
+) -> Callable[[], tuple[list[BudgetState], bool]]:
+    """PostgreSQL, in the caller's transaction: lock the budgets' rows (as `budget_states`
+    does), then insert `hold` (every one of HOLD_COLUMNS) only if every budget has room for
+    its amount, in one statement, sent without waiting. -> a function to call once the
+    transaction is committed: (the budgets' states as the statement read them, whether the
+    hold was inserted). The lock, the statement and the COMMIT are one round trip."""
+    lock, _, admission = _statements(budgets, windows)
+    lock.execute(writer, {})
+    params = {f"h_{c}": v for c, v in hold.items()}
+    params.update(now=now, worst=hold["amount_units"])
+    rows = admission.later(writer, params)
+
+    def read() -> tuple[list[BudgetState], bool]:
+        found = rows()
+        states = [
+            BudgetState(
+                budget_id=int(r.id),
+                limit_units=int(r.limit_units),
+                enforce=bool(r.enforce),
+                spend_units=int(r.spend),
+                reserved_units=int(r.reserved),
+            )
+            for r in found
+            if r.id is not None
+        ]
+        return states, bool(found[0].admitted)
+
+    return read
 
 
 def insert_hold(writer: fast.Reader, values: dict[str, Any]) -> None:
