@@ -264,7 +264,7 @@ def _connect(engine: Engine) -> Any:
 @contextmanager
 def reading(engine: Engine, lent: Reader | None = None) -> Iterator[Reader]:
     """`lent` when the caller has a connection to use (left as it is), else a connection from
-    the engine's pool (pre-pinged where the engine does) and a cursor; on the way out whatever
+    the engine's pool (checked at checkout, meter.db.engine) and a cursor; on the way out whatever
     it read is ended (the pool rolls back on return) and it goes back. PostgreSQL: in
     autocommit while lent (each read is one round trip)."""
     if lent is not None:
