@@ -32,8 +32,10 @@ Where it runs changes none of this (meter.db.fast: the statements compiled once,
 raw connection). On SQLite, the gateway admits and settles on its event loop's own connection
 with BEGIN IMMEDIATE, the same serialisation as every other writer's; while another connection
 holds the write lock it does nothing and raises Busy at once, and the call waits for the lock
-in a worker thread instead. On PostgreSQL the admission's lock, read, INSERT and COMMIT go out
-pipelined on the connection that read the key, in two round trips, in that order. A whole
+in a worker thread instead. On PostgreSQL the admission goes out pipelined on the connection
+that read the key, in one round trip: the lock, then one statement that reads the states and
+inserts the hold only if every budget has room (its snapshot taken once the lock is granted),
+then the COMMIT; the states are read from its answer. A whole
 answer's hold is settled right after the answer is sent, and that server's later admissions
 wait for the settlements in flight (meter.gateway.proxy.Recording.answer): they see it; one
 on another server may see the full reservation meanwhile, which is more, never less, than the
