@@ -35,11 +35,10 @@ holds the write lock it does nothing and raises Busy at once, and the call waits
 in a worker thread instead. On PostgreSQL the admission goes out pipelined on the connection
 that read the key, in one round trip: the lock, then one statement that reads the states and
 inserts the hold only if every budget has room (its snapshot taken once the lock is granted),
-then the COMMIT; the states are read from its answer. A whole
-answer's hold is settled right after the answer is sent, and that server's later admissions
-wait for the settlements in flight (meter.gateway.proxy.Recording.answer): they see it; one
-on another server may see the full reservation meanwhile, which is more, never less, than the
-cost.
+then the COMMIT; the states are read from its answer. A whole answer's hold is settled right
+after the answer is sent, and that server's later admissions wait for the settlements in flight
+(meter.gateway.proxy.Recording.answer): they see it; one on another server may see the full
+reservation meanwhile, which is more, never less, than the cost.
 
 Spend recorded by other paths (the Python client, POST /v1/events) counts from the roll-up that
 includes it, so it can take a budget past its limit; the gateway then refuses. Budgets count
