@@ -111,6 +111,34 @@ def test_the_pool_reuses_and_replaces_connections_over_tls(tmp_path: Path) -> No
     anyio.run(main)
 
 
+def test_of_several_idle_connections_only_the_closed_one_reads_as_readable() -> None:
+    """One poll answers for every pooled socket: the one the server closed is readable, the
+    others not, and the pool replaces only that one."""
+
+    async def main() -> None:
+        async with (
+            serving() as (upstream, url),
+            httpx.AsyncClient(transport=network.transport(LIMITS)) as client,
+        ):
+            async with anyio.create_task_group() as tg:  # three calls at once: three connections
+                for _ in range(3):
+                    tg.start_soon(client.get, url)
+            assert upstream.accepted == 3
+            pooled = streams(client)
+            assert [s.get_extra_info("is_readable") for s in pooled] == [False] * 3
+            upstream.writers[1].close()
+            with anyio.fail_after(2):  # liveness bound
+                while not any(s.get_extra_info("is_readable") for s in pooled):
+                    await anyio.sleep(0.01)
+            assert sum(bool(s.get_extra_info("is_readable")) for s in pooled) == 1
+            for _ in range(3):
+                assert (await client.get(url)).text == "ok"
+            assert upstream.accepted == 3  # two idle connections were enough: none opened
+            assert len(streams(client)) == 2  # the closed one dropped
+
+    anyio.run(main)
+
+
 def test_the_gateways_client_is_on_this_backend() -> None:
     async def main() -> None:
         async with make_http_client(get_settings()) as client:

@@ -7,6 +7,7 @@ ask for `readonly=True` and get a deferred `BEGIN`, so they never wait for the w
 
 from __future__ import annotations
 
+import select
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,6 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from meter._exceptions import ConfigError
-from meter._io import readable
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -96,6 +96,13 @@ def _sqlite_engine(url: sa.URL, **kwargs: Any) -> Engine:
     return engine
 
 
+def _readable(fd: int) -> bool:
+    """Data, or the end of the stream, waiting on socket `fd` (read nothing, wait for nothing)."""
+    poll = select.poll()
+    poll.register(fd, select.POLLIN)
+    return bool(poll.poll(0))
+
+
 def _postgres_engine(url: sa.URL, **kwargs: Any) -> Engine:
     engine = sa.create_engine(url, **kwargs)
 
@@ -112,7 +119,7 @@ def _postgres_engine(url: sa.URL, **kwargs: Any) -> Engine:
             fd = -1
         if fd < 0:
             raise sa.exc.DisconnectionError("the connection is closed")
-        if readable(fd):
+        if _readable(fd):
             try:
                 engine.dialect.do_ping(dbapi_conn)
             except Exception as exc:
