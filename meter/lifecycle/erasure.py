@@ -9,13 +9,12 @@ runs meanwhile) in one transaction, between `user.erase.start` and `user.erase.f
 
 What changes: events, roll-up marks, daily, tag and weekly totals (a pseudonym's rows that
 exist already, from an earlier erasure of the same id, are summed with the renamed ones, never
-recounted from raw events, which may have been purged), gateway holds and their settled
-totals, alert payloads and
-audit entries. The user's budgets (and their alerts) and the gateway keys bound to the user are
-deleted. With `delete_events`, the user's events (under their id and their pseudonym) and their
-roll-up rows are deleted instead, and the events' ids are kept in `erased_events`, so that a
-replay is a duplicate (meter.db.ledger): team, model and global totals drop by exactly their
-totals, whether or not their raw events were still kept.
+recounted from raw events, which may have been purged), gateway holds and their settled totals,
+alert payloads and audit entries. The user's budgets (and their alerts) and the gateway keys
+bound to the user are deleted. With `delete_events`, the user's events (under their id and
+their pseudonym) and their roll-up rows are deleted instead, and the events' ids are kept in
+`erased_events`, so that a replay is a duplicate (meter.db.ledger): team, model and global
+totals drop by exactly their totals, whether or not their raw events were still kept.
 
 Events of the user stored after the erasure (a client still sending them) are stored under
 their id again; erasing again renames them too.
