@@ -115,7 +115,8 @@ _STATES_MAX = 1024
 def _statements(
     budgets: Sequence[BudgetRow], windows: Sequence[Window]
 ) -> tuple[FastStatement, FastStatement, FastStatement]:
-    """(the lock of the budgets' rows, the read of their states, PostgreSQL's admission)."""
+    """(SQLite's read of the budgets' states; PostgreSQL's lock of their rows, and its
+    admission)."""
     key = tuple(
         (b.id, b.scope, b.subject, w.kind, w.start, w.end)
         for b, w in zip(budgets, windows, strict=True)
@@ -125,17 +126,39 @@ def _statements(
         ids = sorted(b.id for b in budgets)
         # PostgreSQL: NO KEY UPDATE does not block the alerts' foreign-key checks.
         lock = sa.select(B.id).where(B.id.in_(ids)).order_by(B.id).with_for_update(key_share=True)
-        columns: list[Any] = [B.id, B.weekly_limit_units, B.enforce]
-        for b, window in zip(budgets, windows, strict=True):
-            columns += rollup_spend_subqueries(b, window)
-            columns.append(_settled_sum(window, b))
-            columns.append(_reserved_sum(window, b))
-        states = sa.select(*columns).where(B.id.in_(ids)).order_by(B.id)
-        found = (FastStatement(lock), FastStatement(states), _admission(budgets, windows))
+        parts = [_state_of(b, w) for b, w in zip(budgets, windows, strict=True)]
+        states = (sa.union_all(*parts) if len(parts) > 1 else parts[0]).subquery("states")
+        read = FastStatement(sa.select(states).order_by(states.c.id))
+        found = (read, FastStatement(lock), _admission(parts))
         if len(_STATES) >= _STATES_MAX:
             _STATES.clear()
         _STATES[key] = found
     return found
+
+
+def _state_of(budget: BudgetRow, window: Window) -> sa.Select[Any]:
+    """One budget's row and its state in `window`, as columns: id, limit_units, enforce, the
+    roll-up's spend (high x SPLIT + low), settled and reserved."""
+    high, low = rollup_spend_subqueries(budget, window)
+    return sa.select(
+        B.id.label("id"),
+        B.weekly_limit_units.label("limit_units"),
+        B.enforce.label("enforce"),
+        high.label("high"),
+        low.label("low"),
+        _settled_sum(window, budget).label("settled"),
+        _reserved_sum(window, budget).label("reserved"),
+    ).where(B.id == budget.id)
+
+
+def _state(row: Any) -> BudgetState:
+    return BudgetState(
+        budget_id=int(row.id),
+        limit_units=int(row.limit_units),
+        enforce=bool(row.enforce),
+        spend_units=int(row.high) * SPLIT + int(row.low) + int(row.settled),
+        reserved_units=int(row.reserved),
+    )
 
 
 def _covers(budget: BudgetRow, table: Any) -> Any:
@@ -149,38 +172,14 @@ def _covers(budget: BudgetRow, table: Any) -> Any:
 def budget_states(
     writer: fast.Reader, budgets: Sequence[BudgetRow], windows: Sequence[Window], now: datetime
 ) -> list[BudgetState]:
-    """Every budget's spend and open reservations in its window (its day, week or month), in
-    ONE statement: one snapshot, so a roll-up committing meanwhile (moving a settled call's
-    cost from its group of settled holds to the roll-up) or a settlement (from its open hold
-    to its group) is seen wholly or not at all, never twice or missed.
-
-    In the caller's transaction (`writer.transaction()`), which this makes the only admission
-    to these budgets until it ends: on PostgreSQL it first locks their rows, in id order (so
-    admissions to a budget run one at a time across every server, and cannot deadlock), and
-    reads after the lock is granted, in a statement of its own (READ COMMITTED: a snapshot
-    that sees every admission committed before); on SQLite, BEGIN IMMEDIATE did it already."""
-    lock, read, _ = _statements(budgets, windows)
-    if not writer.is_sqlite:
-        lock.execute(writer, {})  # pipelined: goes out with the read, one round trip
-    rows = read.run(writer, {"now": now})
-    by_id = {r[0]: r for r in rows}
-    states = []
-    for i, b in enumerate(budgets):
-        row = by_id.get(b.id)
-        if row is None:  # deleted meanwhile
-            continue
-        base = 3 + 4 * i
-        parts = row[base : base + 4]
-        states.append(
-            BudgetState(
-                budget_id=b.id,
-                limit_units=int(row[1]),
-                enforce=bool(row[2]),
-                spend_units=int(parts[0] or 0) * SPLIT + int(parts[1] or 0) + int(parts[2] or 0),
-                reserved_units=int(parts[3] or 0),
-            )
-        )
-    return states
+    """SQLite: every budget's spend and open reservations in its window (its day, week or
+    month), in ONE statement: one snapshot, so a roll-up committing meanwhile (moving a settled
+    call's cost from its group of settled holds to the roll-up) or a settlement (from its open
+    hold to its group) is seen wholly or not at all, never twice or missed. In the caller's
+    transaction, whose BEGIN IMMEDIATE makes it the only admission until it ends. A budget
+    deleted meanwhile has no state. (PostgreSQL reads the same states in `admit_if_room`.)"""
+    read, _, _ = _statements(budgets, windows)
+    return [_state(r) for r in read.run(writer, {"now": now})]
 
 
 HOLD_COLUMNS = (
@@ -245,29 +244,17 @@ def _settle_statements() -> tuple[list[FastStatement], list[FastStatement]]:
 _SETTLE_SQLITE, _SETTLE_PG = _settle_statements()
 
 
-def _admission(budgets: Sequence[BudgetRow], windows: Sequence[Window]) -> FastStatement:
+def _admission(states_of: Sequence[sa.Select[Any]]) -> FastStatement:
     """PostgreSQL's admission as one statement, after the lock: every budget's state (as
-    `budget_states` reads it) and the hold inserted only if each has room for it, in one
-    snapshot taken once the lock is granted. Sums are NUMERIC there: exact, never overflowing.
-    -> (admitted: 1 or 0, id, limit_units, enforce, spend, reserved), one row per budget."""
-    parts = []
-    for b, window in zip(budgets, windows, strict=True):
-        high, low = rollup_spend_subqueries(b, window)
-        parts.append(
-            sa.select(
-                B.id.label("id"),
-                B.weekly_limit_units.label("limit_units"),
-                B.enforce.label("enforce"),
-                (high * SPLIT + low + _settled_sum(window, b)).label("spend"),
-                _reserved_sum(window, b).label("reserved"),
-            ).where(B.id == b.id)
-        )
-    states = (sa.union_all(*parts) if len(parts) > 1 else parts[0]).cte("states")
+    `budget_states` reads it on SQLite) and the hold inserted only if each has room for it, in
+    one snapshot taken once the lock is granted. Sums are NUMERIC there: exact, never
+    overflowing. -> (admitted: 1 or 0, then the states' columns), one row per budget."""
+    states = (sa.union_all(*states_of) if len(states_of) > 1 else states_of[0]).cte("states")
     worst = sa.bindparam("worst", type_=models.BigInt)
+    spend = states.c.high * SPLIT + states.c.low + states.c.settled
     no_room = sa.exists(
         sa.select(states.c.id).where(
-            states.c.enforce,
-            states.c.spend + states.c.reserved + worst > states.c.limit_units,
+            states.c.enforce, spend + states.c.reserved + worst > states.c.limit_units
         )
     )
     values = [sa.bindparam(f"h_{c}", type_=H.__table__.c[c].type) for c in HOLD_COLUMNS]
@@ -280,14 +267,7 @@ def _admission(budgets: Sequence[BudgetRow], windows: Sequence[Window]) -> FastS
     # One row even when every budget was deleted meanwhile (then none limits the call).
     admitted = sa.select(sa.func.count().label("admitted")).select_from(inserted).subquery("a")
     return FastStatement(
-        sa.select(
-            admitted.c.admitted,
-            states.c.id,
-            states.c.limit_units,
-            states.c.enforce,
-            states.c.spend,
-            states.c.reserved,
-        )
+        sa.select(admitted.c.admitted, *states.c)
         .select_from(admitted.outerjoin(states, sa.true()))
         .order_by(states.c.id)
     )
@@ -300,12 +280,14 @@ def admit_if_room(
     now: datetime,
     hold: dict[str, Any],
 ) -> Callable[[], tuple[list[BudgetState], bool]]:
-    """PostgreSQL, in the caller's transaction: lock the budgets' rows (as `budget_states`
-    does), then insert `hold` (every one of HOLD_COLUMNS) only if every budget has room for
-    its amount, in one statement, sent without waiting. -> a function to call once the
+    """PostgreSQL, in the caller's transaction: lock the budgets' rows, in id order (so that
+    admissions to a budget run one at a time across every server, and cannot deadlock), then
+    insert `hold` (every one of HOLD_COLUMNS) only if every budget has room for its amount, in
+    one statement whose READ COMMITTED snapshot is taken after the lock is granted (it sees
+    every admission committed before), sent without waiting. -> a function to call once the
     transaction is committed: (the budgets' states as the statement read them, whether the
     hold was inserted). The lock, the statement and the COMMIT are one round trip."""
-    lock, _, admission = _statements(budgets, windows)
+    _, lock, admission = _statements(budgets, windows)
     lock.execute(writer, {})
     params = {f"h_{c}": v for c, v in hold.items()}
     params.update(now=now, worst=hold["amount_units"])
@@ -313,18 +295,7 @@ def admit_if_room(
 
     def read() -> tuple[list[BudgetState], bool]:
         found = rows()
-        states = [
-            BudgetState(
-                budget_id=int(r.id),
-                limit_units=int(r.limit_units),
-                enforce=bool(r.enforce),
-                spend_units=int(r.spend),
-                reserved_units=int(r.reserved),
-            )
-            for r in found
-            if r.id is not None
-        ]
-        return states, bool(found[0].admitted)
+        return [_state(r) for r in found if r.id is not None], bool(found[0].admitted)
 
     return read
 
