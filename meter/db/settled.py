@@ -23,6 +23,7 @@ digest of its tags (`tags_key`), since tags may be longer than an index entry.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -51,6 +52,7 @@ def tags_key(tags: Mapping[str, str] | None) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+@functools.cache
 def upsert(dialect_name: str) -> Any:
     """INSERT one group, or add its amount to the group's row: parameters day, team, user,
     tags_key, tags, amount_units."""
@@ -62,59 +64,51 @@ def upsert(dialect_name: str) -> Any:
     )
 
 
+def summed(holds: Iterable[Any]) -> dict[GroupKey, dict[str, Any]]:
+    """Holds (rows with day, team, user, tags, amount_units) summed into their groups' rows
+    (upsert's parameters), by key, in key order."""
+    groups: dict[GroupKey, dict[str, Any]] = {}
+    for hold in holds:
+        tags = json.loads(hold.tags) if isinstance(hold.tags, str) else hold.tags
+        key = (hold.day, hold.team, hold.user, tags_key(tags))
+        group = groups.get(key)
+        if group is None:
+            groups[key] = dict(zip(KEY, key, strict=True), tags=tags, amount_units=0)
+            group = groups[key]
+        group["amount_units"] += int(hold.amount_units)
+    return dict(sorted(groups.items()))
+
+
 def add(
     conn: Connection, day: date, team: str, user: str, tags: dict[str, str] | None, units: int
 ) -> None:
     """Add a hold just settled at `units` to its group (in the settlement's transaction)."""
-    conn.execute(
-        upsert(conn.dialect.name),
-        {
-            "day": day,
-            "team": team,
-            "user": user,
-            "tags_key": tags_key(tags),
-            "tags": tags,
-            "amount_units": units,
-        },
-    )
+    row = dict(zip(KEY, (day, team, user, tags_key(tags)), strict=True))
+    conn.execute(upsert(conn.dialect.name), {**row, "tags": tags, "amount_units": units})
 
 
-_SUBTRACT = (
-    sa.update(G)
-    .where(
-        G.day == sa.bindparam("k_day"),
-        G.team == sa.bindparam("k_team"),
-        G.user == sa.bindparam("k_user"),
-        G.tags_key == sa.bindparam("k_tags"),
-    )
-    .values(amount_units=G.amount_units - sa.bindparam("k_units", type_=sa.BigInteger()))
-)
-_EMPTIED = sa.delete(G).where(
+_IN_GROUP = (
     G.day == sa.bindparam("k_day"),
     G.team == sa.bindparam("k_team"),
     G.user == sa.bindparam("k_user"),
-    G.tags_key == sa.bindparam("k_tags"),
-    G.amount_units == 0,
+    G.tags_key == sa.bindparam("k_tags_key"),
 )
+_SUBTRACT = (
+    sa.update(G)
+    .where(*_IN_GROUP)
+    .values(amount_units=G.amount_units - sa.bindparam("k_amount_units", type_=sa.BigInteger()))
+)
+_EMPTIED = sa.delete(G).where(*_IN_GROUP, G.amount_units == 0)
 
 
 def subtract(conn: Connection, holds: Iterable[Any]) -> int:
     """Take settled holds just deleted (rows with day, team, user, tags, amount_units) out of
     their groups, in key order; a group left at zero goes -> the groups changed."""
-    totals: dict[GroupKey, int] = {}
-    for hold in holds:
-        tags = json.loads(hold.tags) if isinstance(hold.tags, str) else hold.tags
-        key = (hold.day, hold.team, hold.user, tags_key(tags))
-        totals[key] = totals.get(key, 0) + int(hold.amount_units)
-    if not totals:
-        return 0
-    params = [
-        {"k_day": k[0], "k_team": k[1], "k_user": k[2], "k_tags": k[3], "k_units": units}
-        for k, units in sorted(totals.items())
-    ]
-    conn.execute(_SUBTRACT, params)
-    conn.execute(_EMPTIED, [{k: v for k, v in p.items() if k != "k_units"} for p in params])
-    return len(params)
+    keys = [{f"k_{c}": v for c, v in g.items() if c != "tags"} for g in summed(holds).values()]
+    if keys:
+        conn.execute(_SUBTRACT, keys)
+        conn.execute(_EMPTIED, keys)
+    return len(keys)
 
 
 def delete_users(conn: Connection, users: Iterable[str]) -> int:
@@ -133,20 +127,8 @@ def move_user(conn: Connection, user: str, pseudonym: str) -> int:
     if not rows:
         return 0
     conn.execute(sa.delete(G).where(G.user == user))
-    conn.execute(
-        upsert(conn.dialect.name),
-        [
-            {
-                "day": r.day,
-                "team": r.team,
-                "user": pseudonym,
-                "tags_key": r.tags_key,
-                "tags": r.tags,
-                "amount_units": r.amount_units,
-            }
-            for r in rows
-        ],
-    )
+    moved = [{**r._asdict(), "user": pseudonym} for r in rows]
+    conn.execute(upsert(conn.dialect.name), moved)
     return len(rows)
 
 
@@ -165,8 +147,4 @@ def recount(conn: Connection) -> dict[GroupKey, int]:
     rows = conn.execute(
         sa.select(h.day, h.team, h.user, h.tags, h.amount_units).where(h.state == "settled")
     ).all()
-    totals: dict[GroupKey, int] = {}
-    for r in rows:
-        key = (r.day, r.team, r.user, tags_key(r.tags))
-        totals[key] = totals.get(key, 0) + int(r.amount_units)
-    return {k: v for k, v in totals.items() if v}
+    return {k: g["amount_units"] for k, g in summed(rows).items() if g["amount_units"]}

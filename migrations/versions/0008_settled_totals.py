@@ -42,27 +42,11 @@ def upgrade() -> None:
     # writer of a settled hold keeps its group exact (meter.db.settled).
     holds = meter.db.models.GatewayHold.__table__
     rows = op.get_bind().execute(
-        sa.select(holds.c.day, holds.c.team, holds.c.user, holds.c.tags, holds.c.amount_units)
-        .where(holds.c.state == "settled")
-        .order_by(holds.c.day, holds.c.team, holds.c.user)
+        sa.select(
+            holds.c.day, holds.c.team, holds.c.user, holds.c.tags, holds.c.amount_units
+        ).where(holds.c.state == "settled")
     )
-    amounts: dict[tuple[object, ...], int] = {}
-    tags: dict[tuple[object, ...], object] = {}
-    for r in rows:
-        key = (r.day, r.team, r.user, settled.tags_key(r.tags))
-        amounts[key] = amounts.get(key, 0) + int(r.amount_units)
-        tags.setdefault(key, r.tags)
-    groups = [
-        {
-            "day": k[0],
-            "team": k[1],
-            "user": k[2],
-            "tags_key": k[3],
-            "tags": tags[k],
-            "amount_units": units,
-        }
-        for k, units in amounts.items()
-    ]
+    groups = list(settled.summed(rows).values())
     if groups:
         op.bulk_insert(table, groups)
 
