@@ -39,9 +39,7 @@ def upgrade() -> None:
 
     with op.batch_alter_table("api_keys", schema=None) as batch_op:
         batch_op.add_column(sa.Column("expires_at", meter.db.models.UTCDateTime(), nullable=True))
-        batch_op.add_column(
-            sa.Column("last_used_at", meter.db.models.UTCDateTime(), nullable=True)
-        )
+        batch_op.add_column(sa.Column("last_used_at", meter.db.models.UTCDateTime(), nullable=True))
 
 
 def downgrade() -> None:
