@@ -198,27 +198,48 @@ def test_a_failed_transaction_leaves_nothing_and_the_connection_usable(db: Datab
     assert [tuple(r) for r in rows] == [("settled", 5)]
 
 
-def test_an_unflushed_transaction_commits_and_only_it_is_unflushed(db: Database) -> None:
-    """`flushed=False` (PostgreSQL: synchronous_commit off for that transaction alone) commits
-    like any other; the connection's next transactions wait for the disk again."""
-    event_id = uuid7()
-    show = FastStatement(sa.text("SHOW synchronous_commit").columns(sa.column("value")))
+H = models.GatewayHold
+_SHOW = FastStatement(sa.text("SHOW synchronous_commit").columns(sa.column("value", sa.Text())))
+# Two statements whose own values are compiled under the same names (param_1...).
+_RAISE = (
+    sa.update(H)
+    .where(H.event_id == sa.bindparam("hold"))
+    .values(amount_units=H.amount_units + 5, reserved_units=H.reserved_units * 2)
+)
+_READ = sa.select(H.event_id, H.tags, H.day, H.expires_at, H.amount_units, H.reserved_units).where(
+    H.event_id == sa.bindparam("hold"), H.amount_units > 10**15 + 7
+)
+
+
+def test_a_procedure_runs_its_statements_as_one_transaction(db: Database) -> None:
+    """PostgreSQL: a Procedure's statements run in order in one call (each with its own
+    values, the caller's shared); the rows are the last one's, decoded as SQLAlchemy's; a
+    failure undoes every statement; `unflushed` holds for that call alone; a function the
+    connection lost is made again."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("a Procedure is PostgreSQL's")
+    first, second = uuid7(), uuid7()
+    insert = FastStatement(sa.insert(H), column_keys=repo.HOLD_COLUMNS)
+    procedure = fast.Procedure(insert, FastStatement(_RAISE), FastStatement(_READ))
     with fast.reading(db.engine) as writer:
-        with writer.transaction():
-            repo.insert_hold(writer, _hold(event_id))
-        with writer.transaction(flushed=False):
-            repo.settle(writer, event_id, repo.SETTLED, 5, None)
-            if not writer.is_sqlite:
-                assert show.run(writer, {})[0][0] == "off"
-        if not writer.is_sqlite:
-            with writer.transaction():
-                assert show.run(writer, {})[0][0] == "on"
+        rows = procedure.run(writer, {**_hold(first), "hold": first})
+        assert [tuple(r) for r in rows] == [
+            (first, {"feature": "chat", "env": "prod"}, date(2026, 12, 6),
+             datetime(2026, 12, 6, 23, 59, 59, 999999, tzinfo=UTC), 10**15 + 12,
+             2 * (10**15 + 7)),
+        ]  # fmt: skip
+        assert rows[0].expires_at.tzinfo is UTC
+        with pytest.raises(sa.exc.IntegrityError):  # the INSERT is undone with the rest
+            fast.Procedure(insert, insert).run(writer, _hold(second))
+        _SHOW.run(writer, {})  # the connection is usable
+        shown = fast.Procedure(FastStatement(_RAISE), _SHOW, unflushed=True)
+        assert shown.run(writer, {"hold": first})[0].value == "off"
+        assert _SHOW.run(writer, {})[0].value == "on"
+        writer.cursor.execute("DISCARD TEMP")  # the connection's functions are gone
+        assert shown.run(writer, {"hold": first})[0].value == "off"
     with db.engine.connect() as conn:
-        rows = conn.execute(
-            sa.select(models.GatewayHold.state, models.GatewayHold.amount_units)
-        ).all()
-        assert settled.totals_by_group(conn) == {(date(2026, 12, 6), "search", "alice", ""): 5}
-    assert [tuple(r) for r in rows] == [("settled", 5)]
+        stored = conn.execute(sa.select(H.event_id, H.amount_units, H.reserved_units)).all()
+    assert [tuple(r) for r in stored] == [(first, 10**15 + 22, 8 * (10**15 + 7))]
 
 
 def test_the_loops_connection_never_waits_for_the_write_lock(db: Database) -> None:

@@ -4,8 +4,9 @@ counting, cut-short calls keep their reservation, and the roll-up takes over set
 from __future__ import annotations
 
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -15,15 +16,16 @@ import sqlalchemy as sa
 
 from meter.budgets import service
 from meter.budgets.repository import delete_budget
-from meter.budgets.schemas import BudgetCreate
-from meter.db import fast
+from meter.budgets.schemas import BudgetCreate, BudgetPatch
+from meter.db import fast, models
 from meter.db.ledger import insert_events, load_price_book
 from meter.db.session import Database
 from meter.events import EventRecord
-from meter.gateway.holds import BudgetGate, Claim
+from meter.gateway.holds import BudgetGate, Claim, StaleCovering
 from meter.ids import uuid7
 from meter.pricing import SEED_MODEL
 from meter.rollup.engine import run_rollup
+from meter.weeks import week_of
 from tests.budget_helpers import loopback_settings
 from tests.gateway_helpers import assert_settled_totals_exact, database_at
 
@@ -342,4 +344,104 @@ def test_several_budgets_are_judged_together_and_a_deleted_one_no_longer_limits(
     assert states(db) == sorted(
         [("settled", W // 2), ("open", 2 * W), ("open", W // 2), ("open", W)]
     )
+    gate.close()
+
+
+def test_an_admission_waiting_for_the_lock_sees_what_its_holder_committed(db: Database) -> None:
+    """PostgreSQL: an admission reads the budget's state once its lock is granted. While
+    another transaction holds the budget's row and adds a hold of 2W, an admission of W waits;
+    once that commits, it sees the new hold and refuses (W + 2W + W > 3W). Read before the
+    lock, it would have seen W alone and admitted: 4W reserved under a limit of 3W."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's BEGIN IMMEDIATE serialises every writer before it reads")
+    budget_id = budget(db, 3 * W)
+    gate = BudgetGate(db)
+    budgets = gate.covering("search", "alice")
+    assert gate.admit(claim(), budgets) is None  # W of 3W reserved
+    outcome: list[Any] = []
+    now = datetime.now(UTC)
+    with db.engine.begin() as holder:
+        holder.execute(
+            sa.text("SELECT id FROM budgets WHERE id = :id FOR NO KEY UPDATE"), {"id": budget_id}
+        )
+        holder.execute(
+            sa.insert(models.GatewayHold).values(
+                event_id=uuid7(), team="search", user="alice", tags=None, model=SEED_MODEL,
+                day=now.astimezone(db.tz).date(), week_start=week_of(now, db.tz).start,
+                state="open", amount_units=2 * W, reserved_units=2 * W,
+                expires_at=now + timedelta(minutes=1), created_at=now,
+            )
+        )  # fmt: skip
+        waiter = threading.Thread(target=lambda: outcome.append(gate.admit(claim(), budgets)))
+        waiter.start()
+        deadline = time.monotonic() + 10
+        while _waiting_for_locks(db) == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _waiting_for_locks(db) == 1 and outcome == []
+    waiter.join(10)  # the holder committed
+    assert not waiter.is_alive()
+    refusal = outcome[0]
+    assert refusal is not None and refusal.budget_id == budget_id
+    assert refusal.reserved_usd == Decimal(3 * W) / 10**12
+    assert states(db) == [("open", W), ("open", 2 * W)]
+    gate.close()
+
+
+def _waiting_for_locks(db: Database) -> int:
+    with db.engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database()"
+                )
+            ).scalar_one()
+        )
+
+
+def test_remembered_budgets_admit_only_while_they_still_are_the_calls(db: Database) -> None:
+    """PostgreSQL: a call's covering budgets, once read, are admitted under in one round trip;
+    each admission checks, after its locks, that they still are all the enforced budgets
+    covering the call, unchanged. A budget created, changed, disabled or deleted since makes
+    it stale: nothing reserved, and the next read sees the budgets as they are."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("remembered budgets are PostgreSQL's (SQLite's reads cost no round trip)")
+    team_budget = budget(db, 10 * W)
+    gate = BudgetGate(db)
+    assert gate.known("search", "alice") is None
+    first = gate.covering("search", "alice")
+    assert gate.known("search", "alice") == first and gate.known("ads", "alice") is None
+    assert gate.admit(claim(), first, verify=True) is None
+    assert states(db) == [("open", W)]
+
+    def stale_after(change: Callable[[Any], Any]) -> list[int]:
+        remembered = gate.known("search", "alice")
+        assert remembered is not None
+        before = states(db)
+        with db.engine.begin() as conn:
+            change(conn)
+        with pytest.raises(StaleCovering):
+            gate.admit(claim(), remembered, verify=True)
+        assert states(db) == before  # nothing reserved
+        return [b.id for b in gate.covering("search", "alice")]
+
+    clock = service.Clock(datetime.now(UTC) + timedelta(seconds=1), db.tz)
+    user_budget = budget(db, 5 * W, scope="user", subject="alice")
+    assert stale_after(lambda conn: None) == [team_budget, user_budget]  # created
+    lower = BudgetPatch(weekly_limit_usd=Decimal(2 * W) / 10**12)
+    assert stale_after(
+        lambda conn: service.update_budget(conn, team_budget, lower, loopback_settings(), clock)
+    ) == [team_budget, user_budget]  # changed
+    off = BudgetPatch(enforce=False)
+    assert stale_after(
+        lambda conn: service.update_budget(conn, user_budget, off, loopback_settings(), clock)
+    ) == [team_budget]  # no longer enforced
+    budgets_now = gate.known("search", "alice")
+    assert budgets_now is not None and budgets_now[0].weekly_limit_units == 2 * W
+    refusal = gate.admit(claim(2 * W), budgets_now, verify=True)  # W + 2W > 2W: refused
+    assert refusal is not None and refusal.budget_id == team_budget
+    assert gate.admit(claim(), budgets_now, verify=True) is None
+    assert stale_after(lambda conn: delete_budget(conn, team_budget)) == []  # deleted
+    assert gate.known("search", "alice") is None
+    assert states(db) == [("open", W), ("open", W)]
     gate.close()

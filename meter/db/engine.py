@@ -51,6 +51,10 @@ def make_engine(url: str, pool_size: int | None = None, **kwargs: Any) -> Engine
             return _sqlite_engine(parsed, **kwargs)
         if pool_size is not None:
             kwargs.update(pool_size=pool_size, max_overflow=pool_size)
+        # The connection used last is lent first: under light load the same few connections
+        # (and their server processes, their caches, their prepared plans) serve every call,
+        # instead of each of the pool's in turn (BENCHMARKS.md, section 8).
+        kwargs.setdefault("pool_use_lifo", True)
         return _postgres_engine(parsed, **kwargs)
     except NoSuchModuleError as exc:
         raise ConfigError(

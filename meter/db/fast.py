@@ -11,11 +11,15 @@ parameters; their IN lists are fixed when they are built (rendered once, at comp
 On PostgreSQL a connection used here is in autocommit while it is lent (a read is one round
 trip, not BEGIN, the read and a ROLLBACK), and `Reader.transaction` runs its statements in
 psycopg's pipeline mode: what needs no answer yet goes out with what comes next, so a
-transaction costs a round trip per answer it waits for, not one per statement.
+transaction costs a round trip per answer it waits for, not one per statement. A `Procedure`
+goes further: its statements run as ONE statement, the call of a PL/pgSQL function of the
+connection's own, which in autocommit is a whole transaction in one message and one answer.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -126,25 +130,6 @@ class FastStatement:
         compiled = self._send(reader, params)
         return _fetch(reader, compiled, reader.cursor)
 
-    def later(self, reader: Reader, params: Mapping[str, Any]) -> Callable[[], list[Any]]:
-        """Send it now and read its rows later: PostgreSQL, in a transaction, the rows can be
-        read after the COMMIT, so that the statement, the COMMIT and the answer are one round
-        trip. -> a function that returns the rows (once)."""
-        cursor = reader.raw.cursor()
-        try:
-            compiled = self._send(reader, params, cursor)
-        except BaseException:
-            cursor.close()
-            raise
-
-        def rows() -> list[Any]:
-            try:
-                return _fetch(reader, compiled, cursor)
-            finally:
-                cursor.close()
-
-        return rows
-
 
 def _fetch(reader: Reader, compiled: _Compiled, cursor: Any) -> list[Any]:
     try:
@@ -183,6 +168,138 @@ class FastSelect(FastStatement):
         return found
 
 
+# A compiled parameter and the cast SQLAlchemy's psycopg dialect renders after it.
+_PARAM = re.compile(r"%\((\w+)\)s(?:::(TIMESTAMP WITH(?:OUT)? TIME ZONE|[A-Z]+(?:\(\d+\))?))?")
+_MADE = "meter_functions"  # the connection's info: the functions made on it
+
+
+@dataclass(frozen=True)
+class _Built:
+    name: str
+    create: str
+    call: str
+    defaults: dict[str, Any]  # the statements' own values, under their function-wide names
+    encoders: dict[str, Callable[[Any], Any]]  # the caller's parameters that need encoding
+    last: _Compiled  # the statement whose rows are returned (decoders, row type)
+    returns_rows: bool
+
+
+class Procedure:
+    """PostgreSQL: statements run in order as ONE statement, the call of a PL/pgSQL function
+    made on each connection at its first use there (in pg_temp: the connection's own, gone
+    with it). On a connection in autocommit the call is a whole transaction: one message, one
+    answer, the commit included, with none of the Python work of a pipelined transaction
+    (BENCHMARKS.md, section 8), and each statement still sees what committed before it
+    started, as in a transaction of separate statements at READ COMMITTED (a VOLATILE
+    function's statements each take a new snapshot): a lock taken by one statement is followed
+    by reads that see the commits it waited for. Rows come from the last statement; the
+    others' are discarded (a SELECT among them runs for its locks). The function's plans are
+    kept for the connection's life, as psycopg's prepared statements are.
+
+    `unflushed`: the commit does not wait for the WAL to reach the disk (synchronous_commit off
+    for that transaction alone), for a write whose loss in a crash of the database is harmless.
+    Parameters are named as for FastStatement; the caller's are shared by every statement."""
+
+    def __init__(self, *statements: FastStatement, unflushed: bool = False) -> None:
+        if not statements:
+            raise ValueError("a procedure needs a statement")
+        self.statements = statements
+        self.unflushed = unflushed
+        self._built: dict[str, _Built] = {}
+
+    def _for(self, dialect: Dialect) -> _Built:
+        found = self._built.get(dialect.name)
+        if found is None:
+            found = self._built[dialect.name] = self._build(dialect)
+        return found
+
+    def _build(self, dialect: Dialect) -> _Built:
+        if dialect.name != "postgresql":
+            raise ValueError("a Procedure runs on PostgreSQL only")
+        args: dict[str, str] = {}  # function-wide name -> SQL type, in order
+        defaults: dict[str, Any] = {}
+        encoders: dict[str, Callable[[Any], Any]] = {}
+        body: list[str] = []
+        if self.unflushed:
+            body.append("PERFORM set_config('synchronous_commit', 'off', true);")
+        compiled = [s._for(dialect) for s in self.statements]
+        for i, c in enumerate(compiled):
+
+            def name_of(match: re.Match[str], i: int = i, c: _Compiled = c) -> str:
+                name, cast = match.group(1), match.group(2)
+                if cast is None:
+                    raise ValueError(f"parameter {name} has no cast to give its argument a type")
+                wide = f"s{i}_{name}" if name in c.defaults else name
+                if args.setdefault(wide, cast) != cast:
+                    raise ValueError(f"parameter {name} is cast to {args[wide]} and to {cast}")
+                if name in c.defaults:
+                    defaults[wide] = c.defaults[name]
+                elif name in c.encoders:
+                    encoders[wide] = c.encoders[name]
+                return f"${list(args).index(wide) + 1}::{cast}"
+
+            sql = _PARAM.sub(name_of, c.sql).replace("%%", "%")
+            last = i == len(compiled) - 1
+            if last and c.row is not None:
+                body.append(f"RETURN QUERY {sql};")
+            elif sql.startswith("SELECT "):
+                body.append(f"PERFORM {sql[len('SELECT ') :]};")
+            elif c.row is None:
+                body.append(f"{sql};")
+            else:
+                raise ValueError("only the last statement may return rows")
+        statement = self.statements[-1].statement
+        returns_rows = compiled[-1].row is not None
+        if returns_rows:
+            columns = statement.selected_columns if statement.is_select else statement.returning
+            types = [c.type.compile(dialect=dialect) for c in columns]
+            returns = "TABLE(" + ", ".join(f"r{i} {t}" for i, t in enumerate(types)) + ")"
+        else:
+            returns = "void"
+        signature = ", ".join(f"p{i} {t}" for i, t in enumerate(args.values()))
+        text = "BEGIN\n" + "\n".join(body) + "\nEND"
+        digest = hashlib.sha256(f"{signature}|{returns}|{text}".encode()).hexdigest()[:24]
+        name = f"pg_temp.meter_{digest}"
+        create = (
+            f"CREATE OR REPLACE FUNCTION {name}({signature}) RETURNS {returns} "
+            f"LANGUAGE plpgsql VOLATILE AS $meter$\n{text}\n$meter$"
+        )
+        arguments = ", ".join(f"%({n})s::{t}" for n, t in args.items())
+        call = (
+            f"SELECT * FROM {name}({arguments})" if returns_rows else f"SELECT {name}({arguments})"
+        )
+        return _Built(name, create, call, defaults, encoders, compiled[-1], returns_rows)
+
+    def run(self, reader: Reader, params: Mapping[str, Any]) -> list[Any]:
+        """Run them (on a connection in autocommit: as one transaction) -> the last
+        statement's rows."""
+        built = self._for(reader.dialect)
+        made: set[str] = reader.raw.info.setdefault(_MADE, set())
+        values = {**built.defaults, **params}
+        for name, encode in built.encoders.items():
+            value = values[name]
+            if value is not None:
+                values[name] = encode(value)
+        cursor = reader.cursor
+        dbapi = reader.dialect.loaded_dbapi
+        for attempt in (1, 2):
+            try:
+                if built.name not in made:
+                    cursor.execute(built.create)
+                    made.add(built.name)
+                cursor.execute(built.call, values)
+                break
+            except dbapi.Error as exc:
+                # Gone from the connection (DISCARD TEMP, say): made again, once.
+                if attempt == 1 and getattr(exc, "sqlstate", None) == "42883":
+                    made.discard(built.name)
+                    continue
+                raise reader.error(built.call, exc) from exc
+        if not built.returns_rows:
+            return []
+        return _fetch(reader, built.last, cursor)
+
+
 class Reader:
     """One connection's cursor, for a few fast statements in a row (and, with `transaction`,
     writes)."""
@@ -203,14 +320,12 @@ class Reader:
         )
 
     @contextmanager
-    def transaction(self, *, wait: bool = True, flushed: bool = True) -> Iterator[None]:
+    def transaction(self, *, wait: bool = True) -> Iterator[None]:
         """One write transaction, committed on the way out and rolled back on an exception.
         SQLite: `BEGIN IMMEDIATE`, so its reads and writes are one serialised snapshot; with
         `wait=False` it raises Busy at once, instead of waiting, while another connection
         writes. PostgreSQL: in pipeline mode; a statement's answer is waited for only when its
-        rows are read (and, for the others, at the commit). With `flushed=False` its COMMIT
-        does not wait for the WAL to reach the disk (synchronous_commit off): a crash of the
-        database server may lose it (never half of it), for a write whose loss is harmless."""
+        rows are read (and, for the others, at the commit)."""
         if self.is_sqlite:
             with self._sqlite_transaction(wait):
                 yield
@@ -219,8 +334,6 @@ class Reader:
         try:
             with driver.pipeline():
                 self.cursor.execute("BEGIN")
-                if not flushed:
-                    self.cursor.execute("SET LOCAL synchronous_commit TO OFF")
                 yield
                 self.cursor.execute("COMMIT")
         except BaseException as exc:

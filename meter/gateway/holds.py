@@ -32,13 +32,15 @@ Where it runs changes none of this (meter.db.fast: the statements compiled once,
 raw connection). On SQLite, the gateway admits and settles on its event loop's own connection
 with BEGIN IMMEDIATE, the same serialisation as every other writer's; while another connection
 holds the write lock it does nothing and raises Busy at once, and the call waits for the lock
-in a worker thread instead. On PostgreSQL the admission goes out pipelined on the connection
-that read the key, in one round trip: the lock, then one statement that reads the states and
-inserts the hold only if every budget has room (its snapshot taken once the lock is granted),
-then the COMMIT; the states are read from its answer. A whole answer's hold is settled right
-after the answer is sent, and that server's later admissions wait for the settlements in flight
-(meter.gateway.proxy.Recording.answer): they see it; one on another server may see the full
-reservation meanwhile, which is more, never less, than the cost.
+in a worker thread instead. On PostgreSQL the admission is one statement in autocommit, on the
+connection that read the key: a transaction in one round trip, the call of a function of that
+connection's own (meter.db.fast.Procedure) that takes the lock, then reads the states and
+inserts the hold only if every budget has room, in a statement whose snapshot is taken once
+the lock is granted; the states are read from its answer. The settlement is one such call too.
+A whole answer's hold is settled right after the answer is sent, and that server's later
+admissions wait for the settlements in flight (meter.gateway.proxy.Recording.answer): they see
+it; one on another server may see the full reservation meanwhile, which is more, never less,
+than the cost.
 
 Spend recorded by other paths (the Python client, POST /v1/events) counts from the roll-up that
 includes it, so it can take a budget past its limit; the gateway then refuses. Budgets count
@@ -54,6 +56,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from meter.budgets.repository import BudgetRow
 from meter.budgets.rules import budget_window
@@ -95,6 +98,10 @@ class Claim:
     worst_case_units: int
 
 
+def _call_key(team: str | None, user: str | None, tags: dict[str, str] | None) -> tuple[Any, ...]:
+    return (team, user, *sorted((tags or {}).items()))
+
+
 def _refusal(states: Sequence[repo.BudgetState], worst_case_units: int) -> Refusal | None:
     """The first enforced budget without room for `worst_case_units`, as a Refusal."""
     for state in states:
@@ -115,6 +122,14 @@ class BudgetUnavailable(Exception):
     """The budget state cannot be read (or written): the gateway fails closed."""
 
 
+class StaleCovering(Exception):
+    """The budgets remembered for a call no longer are all those covering it, unchanged:
+    nothing was reserved; read them again."""
+
+
+KNOWN_MAX = 4096  # calls' (team, user, tags) whose covering budgets are remembered; then forgotten
+
+
 class BudgetGate:
     """Admission, settlement and renewal of gateway holds for one server process."""
 
@@ -124,6 +139,11 @@ class BudgetGate:
         self._running: set[uuid.UUID] = set()  # this process's open holds
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # PostgreSQL: the enforced budgets last read for a call's (team, user, tags), when
+        # there were some. An admission under them checks, after taking their locks, that they
+        # still are all those covering the call, unchanged: one round trip, not two.
+        self._known: dict[tuple[Any, ...], list[BudgetRow]] = {}
+        self._remember = db.engine.dialect.name == "postgresql"
 
     # -- which budgets a call falls under ---------------------------------------------------
 
@@ -139,9 +159,25 @@ class BudgetGate:
         `reader`: the caller's connection (the admission's), else one of its own."""
         try:
             with fast.reading(self.db.engine, reader) as own:
-                return repo.covering_budgets(own, team, user, tags)
+                found = repo.covering_budgets(own, team, user, tags)
         except Exception as exc:
             raise BudgetUnavailable(str(exc)) from exc
+        if self._remember:
+            key = _call_key(team, user, tags)
+            if found:
+                if len(self._known) >= KNOWN_MAX:
+                    self._known.clear()
+                self._known[key] = found
+            else:
+                self._known.pop(key, None)
+        return found
+
+    def known(
+        self, team: str | None, user: str | None, tags: dict[str, str] | None = None
+    ) -> list[BudgetRow] | None:
+        """PostgreSQL: the enforced budgets `covering` last found for such a call, if it found
+        some (to admit under, with `admit(..., verify=True)`); else None."""
+        return self._known.get(_call_key(team, user, tags)) if self._remember else None
 
     # -- admission ----------------------------------------------------------------------------
 
@@ -152,12 +188,15 @@ class BudgetGate:
         writer: fast.Reader | None = None,
         *,
         wait: bool = True,
+        verify: bool = False,
     ) -> Refusal | None:
         """Reserve the claim's worst case under `budgets`, atomically across servers; a
         Refusal (nothing reserved) when one of them has no room. `writer`: the connection to
         do it on (the admission's own), else one from the pool. With `wait=False` (SQLite, on
         the event loop) it raises fast.Busy, having done nothing, while another connection
-        holds the write lock."""
+        holds the write lock. With `verify` (PostgreSQL; `budgets` from `known`) it raises
+        StaleCovering, having done nothing, unless `budgets` are still all the enforced
+        budgets covering the claim, unchanged."""
         now = datetime.now(UTC)
         week = week_of(claim.occurred_at, self.db.tz)
         windows = [budget_window(b, claim.occurred_at, self.db.tz) for b in budgets]
@@ -184,16 +223,17 @@ class BudgetGate:
                         refusal = _refusal(states, claim.worst_case_units)
                         if refusal is None:
                             repo.insert_hold(on, hold)
-                else:  # the lock, the conditional INSERT and the COMMIT: one round trip
-                    with on.transaction(wait=wait):
-                        read = repo.admit_if_room(on, budgets, windows, now, hold)
-                    states, admitted = read()
+                else:  # the lock and the conditional INSERT: one statement, committed
+                    call = (claim.team, claim.user, claim.tags) if verify else None
+                    states, admitted, fresh = repo.admit_if_room(
+                        on, budgets, windows, now, hold, call
+                    )
+                    if not fresh:
+                        raise StaleCovering()
                     refusal = None if admitted else _refusal(states, claim.worst_case_units)
                     if refusal is None and not admitted:  # cannot be: the same sums
                         raise BudgetUnavailable("the admission disagreed with its own states")
-        except fast.Busy:
-            raise
-        except BudgetUnavailable:
+        except (fast.Busy, BudgetUnavailable, StaleCovering):
             raise
         except Exception as exc:
             raise BudgetUnavailable(str(exc)) from exc
@@ -226,11 +266,12 @@ class BudgetGate:
             # losing it in a crash of the database loses nothing that matters: the hold is
             # open again, counts its whole reservation (more than the cost, never less) until
             # it expires or the roll-up counts its event, as when a server dies before settling.
-            with (
-                fast.reading(self.db.engine, writer) as on,
-                on.transaction(wait=wait, flushed=False),
-            ):
-                repo.settle(on, claim.event_id, state, amount, claim.tags)
+            with fast.reading(self.db.engine, writer) as on:
+                if on.is_sqlite:
+                    with on.transaction(wait=wait):
+                        repo.settle(on, claim.event_id, state, amount, claim.tags)
+                else:  # one statement, its own transaction
+                    repo.settle(on, claim.event_id, state, amount, claim.tags)
         except fast.Busy:
             raise
         except Exception:

@@ -1,9 +1,11 @@
-"""All SQL of the gateway's hard budgets. The caller owns the transaction; nothing here commits."""
+"""All SQL of the gateway's hard budgets. The caller owns the transaction and nothing here
+commits, but for PostgreSQL's admission and settlement: each is one statement (a
+meter.db.fast.Procedure), run in autocommit as a transaction of its own."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,7 +22,7 @@ from meter.budgets.repository import (
     scope_condition,
 )
 from meter.db import fast, models, settled
-from meter.db.fast import FastSelect, FastStatement
+from meter.db.fast import FastSelect, FastStatement, Procedure
 from meter.periods import Window
 
 H = models.GatewayHold
@@ -48,49 +50,63 @@ class BudgetState:
 _COVERING: dict[int, FastSelect] = {}
 
 
+def _covers_call(tags: int) -> Any:
+    """The enforced budgets that cover a call: parameters team, user and tag0.. (its tags'
+    `key=value`s)."""
+    tag_subjects: list[Any] = [sa.bindparam(f"tag{i}") for i in range(tags)]
+    return sa.and_(
+        B.enforce.is_(True),
+        sa.or_(
+            B.scope == "global",
+            sa.and_(B.scope == "team", B.subject == sa.bindparam("team")),
+            sa.and_(B.scope == "user", B.subject == sa.bindparam("user")),
+            sa.and_(B.scope == "tag", B.subject.in_(tag_subjects)) if tags else sa.false(),
+        ),
+    )
+
+
 def _covering(tags: int) -> FastSelect:
     found = _COVERING.get(tags)
     if found is None:
-        tag_subjects: list[Any] = [sa.bindparam(f"tag{i}") for i in range(tags)]
-        found = FastSelect(
-            sa.select(*_BUDGET_COLUMNS)
-            .where(
-                B.enforce.is_(True),
-                sa.or_(
-                    B.scope == "global",
-                    sa.and_(B.scope == "team", B.subject == sa.bindparam("team")),
-                    sa.and_(B.scope == "user", B.subject == sa.bindparam("user")),
-                    sa.and_(B.scope == "tag", B.subject.in_(tag_subjects)) if tags else sa.false(),
-                ),
-            )
-            .order_by(B.id)
-        )
+        found = FastSelect(sa.select(*_BUDGET_COLUMNS).where(_covers_call(tags)).order_by(B.id))
         _COVERING[tags] = found
     return found
+
+
+def _call_params(team: str | None, user: str | None, tags: dict[str, str] | None) -> dict[str, Any]:
+    """The parameters of `_covers_call` for a call."""
+    params: dict[str, Any] = {"team": team, "user": user}
+    params.update((f"tag{i}", f"{k}={v}") for i, (k, v) in enumerate((tags or {}).items()))
+    return params
 
 
 def covering_budgets(
     reader: fast.Reader, team: str | None, user: str | None, tags: dict[str, str] | None = None
 ) -> list[BudgetRow]:
     """The enforced budgets that cover a call of `team`, `user` and `tags`."""
-    subjects = [f"{k}={v}" for k, v in (tags or {}).items()]
-    params: dict[str, Any] = {"team": team, "user": user}
-    params.update((f"tag{i}", subject) for i, subject in enumerate(subjects))
-    return [_budget(r) for r in _covering(len(subjects)).rows(reader, params)]
+    params = _call_params(team, user, tags)
+    return [_budget(r) for r in _covering(len(tags or {})).rows(reader, params)]
 
 
 def _reserved_sum(window: Window, budget: BudgetRow) -> Any:
-    """The open and held holds' reservations in the window (an open one until it expires)."""
-    return (
-        sa.select(sa.func.coalesce(sa.func.sum(H.amount_units), 0))
-        .where(
-            H.day >= window.start,
-            H.day < window.end,
-            H.state.in_((OPEN, HELD)),
-            _covers(budget, H),
-            sa.or_(H.expires_at.is_(None), H.expires_at > _NOW),
-        )
-        .scalar_subquery()
+    """The open and held holds' reservations in the window (an open one until it expires).
+    One sum per state, each an equality on it: PostgreSQL's planner filters an IN on the
+    second column of (team, state, day) instead of seeking it, and then walked every settled
+    hold of the team, whose number grows with every call until the roll-up counts them."""
+    return sum(
+        (
+            sa.select(sa.func.coalesce(sa.func.sum(H.amount_units), 0))
+            .where(
+                H.day >= window.start,
+                H.day < window.end,
+                H.state == state,
+                _covers(budget, H),
+                sa.or_(H.expires_at.is_(None), H.expires_at > _NOW),
+            )
+            .scalar_subquery()
+            for state in (OPEN, HELD)
+        ),
+        start=sa.literal(0, models.BigInt),
     )
 
 
@@ -108,19 +124,23 @@ _NOW = sa.bindparam("now", type_=models.UTCDateTime())
 # (4 subqueries a budget) and their cache keys at every call was most of an admission's CPU
 # (BENCHMARKS.md, Gateway). The windows are part of the key, so a new day, week or month gets
 # statements of its own; the cache is emptied when it grows large.
-_STATES: dict[tuple[Any, ...], tuple[FastStatement, FastStatement, FastStatement]] = {}
+_STATES: dict[tuple[Any, ...], tuple[FastStatement, Procedure]] = {}
 _STATES_MAX = 1024
 
 
 def _statements(
-    budgets: Sequence[BudgetRow], windows: Sequence[Window]
-) -> tuple[FastStatement, FastStatement, FastStatement]:
-    """(SQLite's read of the budgets' states; PostgreSQL's lock of their rows, and its
-    admission)."""
-    key = tuple(
+    budgets: Sequence[BudgetRow], windows: Sequence[Window], tags: int | None = None
+) -> tuple[FastStatement, Procedure]:
+    """(SQLite's read of the budgets' states; PostgreSQL's admission: the lock of their rows,
+    then the conditional INSERT). With `tags` (the number of the call's tags), the admission
+    also checks that `budgets` are still, unchanged, all the enforced budgets covering the
+    call (`_still_covering`), and inserts nothing otherwise."""
+    key: tuple[Any, ...] = tuple(
         (b.id, b.scope, b.subject, w.kind, w.start, w.end)
         for b, w in zip(budgets, windows, strict=True)
     )
+    if tags is not None:
+        key += (tags, *(b.updated_at for b in budgets))
     found = _STATES.get(key)
     if found is None:
         ids = sorted(b.id for b in budgets)
@@ -129,11 +149,29 @@ def _statements(
         parts = [_state_of(b, w) for b, w in zip(budgets, windows, strict=True)]
         states = (sa.union_all(*parts) if len(parts) > 1 else parts[0]).subquery("states")
         read = FastStatement(sa.select(states).order_by(states.c.id))
-        found = (read, FastStatement(lock), _admission(parts))
+        fresh = None if tags is None else _still_covering(budgets, tags)
+        found = (read, Procedure(FastStatement(lock), _admission(parts, fresh)))
         if len(_STATES) >= _STATES_MAX:
             _STATES.clear()
         _STATES[key] = found
     return found
+
+
+def _still_covering(budgets: Sequence[BudgetRow], tags: int) -> Any:
+    """True if `budgets` are all the enforced budgets that cover the call (`_covers_call`'s
+    parameters), none of them changed since read (their updated_at): an admission under
+    budgets remembered from an earlier call checks this after taking their locks."""
+    covers = _covers_call(tags)
+    ids = [b.id for b in budgets]
+    others = sa.exists(sa.select(B.id).where(covers, B.id.not_in(ids)))
+    same = (
+        sa.select(sa.func.count())
+        .where(
+            covers, sa.or_(*(sa.and_(B.id == b.id, B.updated_at == b.updated_at) for b in budgets))
+        )
+        .scalar_subquery()
+    )
+    return sa.and_(~others, same == len(ids))
 
 
 def _state_of(budget: BudgetRow, window: Window) -> sa.Select[Any]:
@@ -178,7 +216,7 @@ def budget_states(
     hold to its group) is seen wholly or not at all, never twice or missed. In the caller's
     transaction, whose BEGIN IMMEDIATE makes it the only admission until it ends. A budget
     deleted meanwhile has no state. (PostgreSQL reads the same states in `admit_if_room`.)"""
-    read, _, _ = _statements(budgets, windows)
+    read, _ = _statements(budgets, windows)
     return [_state(r) for r in read.run(writer, {"now": now})]
 
 
@@ -209,14 +247,17 @@ _SETTLE_HOLD = (
 _GROUP_COLUMNS = ["day", "team", "user", "tags_key", "tags", "amount_units"]
 
 
-def _settle_statements() -> tuple[list[FastStatement], list[FastStatement]]:
-    """(SQLite's, PostgreSQL's) statements of a settlement: the hold's new state and, when it
-    is settled, its cost added to its group of meter.db.settled, taken from the hold's own row.
+def _settle_statements() -> tuple[list[FastStatement], Procedure]:
+    """(SQLite's statements, PostgreSQL's procedure) of a settlement: the hold's new state and,
+    when it is settled, its cost added to its group of meter.db.settled, taken from the hold's
+    own row.
 
     PostgreSQL: one statement, the UPDATE first (it locks the hold, then the group: the lock
     order of meter.db.settled), adding to the group only if it changed the hold (a roll-up may
-    have counted the call and deleted its hold meanwhile). SQLite: the INSERT reads the hold
-    before the UPDATE changes it, under the write lock this transaction holds since BEGIN."""
+    have counted the call and deleted its hold meanwhile), run as its own transaction whose
+    commit is not flushed (BudgetGate.settle says why that is harmless). SQLite: the INSERT
+    reads the hold before the UPDATE changes it, under the write lock this transaction holds
+    since BEGIN."""
     units = sa.bindparam("amount", type_=models.BigInt)
     from_hold = (
         sa.select(H.day, H.team, H.user, sa.bindparam("tags_key", type_=sa.String()), H.tags, units)
@@ -238,13 +279,27 @@ def _settle_statements() -> tuple[list[FastStatement], list[FastStatement]]:
             changed.c.amount_units,
         ).where(changed.c.state == SETTLED),
     )
-    return [FastStatement(lite), FastStatement(_SETTLE_HOLD)], [FastStatement(pg)]
+    return [FastStatement(lite), FastStatement(_SETTLE_HOLD)], Procedure(
+        FastStatement(pg), unflushed=True
+    )
 
 
 _SETTLE_SQLITE, _SETTLE_PG = _settle_statements()
 
 
-def _admission(states_of: Sequence[sa.Select[Any]]) -> FastStatement:
+class _Numeric(sa.types.UserDefinedType[Any]):
+    """PostgreSQL's NUMERIC, read as psycopg gives it (a Decimal: exact)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "NUMERIC"
+
+
+_NUMERIC = _Numeric()
+
+
+def _admission(states_of: Sequence[sa.Select[Any]], fresh: Any = None) -> FastStatement:
     """PostgreSQL's admission as one statement, after the lock: every budget's state (as
     `budget_states` reads it on SQLite) and the hold inserted only if each has room for it, in
     one snapshot taken once the lock is granted. Sums are NUMERIC there: exact, never
@@ -257,19 +312,35 @@ def _admission(states_of: Sequence[sa.Select[Any]]) -> FastStatement:
             states.c.enforce, spend + states.c.reserved + worst > states.c.limit_units
         )
     )
+    fresh = sa.true() if fresh is None else fresh
     values = [sa.bindparam(f"h_{c}", type_=H.__table__.c[c].type) for c in HOLD_COLUMNS]
     inserted = (
         sa.insert(H)
-        .from_select(list(HOLD_COLUMNS), sa.select(*values).where(~no_room))
+        .from_select(list(HOLD_COLUMNS), sa.select(*values).where(~no_room, fresh))
         .returning(H.event_id)
         .cte("inserted")
     )
     # One row even when every budget was deleted meanwhile (then none limits the call).
     admitted = sa.select(sa.func.count().label("admitted")).select_from(inserted).subquery("a")
+    # Typed as the Procedure's function returns them.
+    columns: list[Any] = [
+        sa.cast(admitted.c.admitted, models.BigInt).label("admitted"),
+        sa.cast(fresh, sa.Boolean()).label("fresh"),
+    ]
+    columns += [
+        sa.cast(states.c[name], type_).label(name)
+        for name, type_ in (
+            ("id", sa.Integer()),
+            ("limit_units", models.BigInt),
+            ("enforce", sa.Boolean()),
+            ("high", _NUMERIC),
+            ("low", _NUMERIC),
+            ("settled", _NUMERIC),
+            ("reserved", _NUMERIC),
+        )
+    ]
     return FastStatement(
-        sa.select(admitted.c.admitted, *states.c)
-        .select_from(admitted.outerjoin(states, sa.true()))
-        .order_by(states.c.id)
+        sa.select(*columns).select_from(admitted.outerjoin(states, sa.true())).order_by(states.c.id)
     )
 
 
@@ -279,25 +350,25 @@ def admit_if_room(
     windows: Sequence[Window],
     now: datetime,
     hold: dict[str, Any],
-) -> Callable[[], tuple[list[BudgetState], bool]]:
-    """PostgreSQL, in the caller's transaction: lock the budgets' rows, in id order (so that
-    admissions to a budget run one at a time across every server, and cannot deadlock), then
-    insert `hold` (every one of HOLD_COLUMNS) only if every budget has room for its amount, in
-    one statement whose READ COMMITTED snapshot is taken after the lock is granted (it sees
-    every admission committed before), sent without waiting. -> a function to call once the
-    transaction is committed: (the budgets' states as the statement read them, whether the
-    hold was inserted). The lock, the statement and the COMMIT are one round trip."""
-    _, lock, admission = _statements(budgets, windows)
-    lock.execute(writer, {})
+    call: tuple[str | None, str | None, dict[str, str] | None] | None = None,
+) -> tuple[list[BudgetState], bool, bool]:
+    """PostgreSQL, as one statement (`writer` in autocommit: its own transaction, one round
+    trip): lock the budgets' rows, in id order (so that admissions to a budget run one at a
+    time across every server, and cannot deadlock), then insert `hold` (every one of
+    HOLD_COLUMNS) only if every budget has room for its amount, in one statement whose READ
+    COMMITTED snapshot is taken after the lock is granted (it sees every admission committed
+    before). With `call` (its team, user and tags): only if `budgets` are also still all the
+    enforced budgets covering it, unchanged. -> (the budgets' states as that statement read
+    them, whether the hold was inserted, whether `budgets` were still those of the call)."""
+    tags = None if call is None else len(call[2] or {})
+    _, admission = _statements(budgets, windows, tags)
     params = {f"h_{c}": v for c, v in hold.items()}
     params.update(now=now, worst=hold["amount_units"])
-    rows = admission.later(writer, params)
-
-    def read() -> tuple[list[BudgetState], bool]:
-        found = rows()
-        return [_state(r) for r in found if r.id is not None], bool(found[0].admitted)
-
-    return read
+    if call is not None:
+        params.update(_call_params(*call))
+    found = admission.run(writer, params)
+    states = [_state(r) for r in found if r.id is not None]
+    return states, bool(found[0].admitted), bool(found[0].fresh)
 
 
 def insert_hold(writer: fast.Reader, values: dict[str, Any]) -> None:
@@ -313,15 +384,21 @@ def settle(
     tags: dict[str, str] | None,
 ) -> None:
     """An open hold becomes `state` with `amount_units`, and a settled one's cost joins its
-    group (nothing if the hold is no longer open). `tags`: the call's (the hold's) tags."""
+    group (nothing if the hold is no longer open). `tags`: the call's (the hold's) tags.
+    SQLite: in the caller's transaction. PostgreSQL: one statement; in autocommit, a
+    transaction of its own whose commit is not flushed (in the caller's transaction, it makes
+    that transaction's commit unflushed)."""
     params = {
         "hold": event_id,
         "new_state": state,
         "amount": amount_units,
         "tags_key": settled.tags_key(tags),
     }
-    for statement in _SETTLE_SQLITE if writer.is_sqlite else _SETTLE_PG:
-        statement.execute(writer, params)
+    if writer.is_sqlite:
+        for statement in _SETTLE_SQLITE:
+            statement.execute(writer, params)
+    else:
+        _SETTLE_PG.run(writer, params)
 
 
 def extend(conn: Connection, event_ids: Sequence[uuid.UUID], expires_at: datetime) -> None:

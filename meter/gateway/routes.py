@@ -34,7 +34,7 @@ from meter.client._record import Call
 from meter.db import fast
 from meter.db.session import Database
 from meter.gateway.errors import openai_error
-from meter.gateway.holds import BudgetGate, BudgetUnavailable, Claim, Refusal
+from meter.gateway.holds import BudgetGate, BudgetUnavailable, Claim, Refusal, StaleCovering
 from meter.gateway.proxy import (
     Recording,
     forward_plain,
@@ -335,33 +335,31 @@ def _admission(
             tags = principal.tags or header_tags
             budgets: list[BudgetRow] | BudgetUnavailable = []
             user = None
+            claim: Claim | None = None
             if req is not None and not isinstance(tags, InvalidRequest):
                 user = principal.user or req.body_user
-                try:
-                    budgets = gateway.gate.covering(principal.team, user, tags, on)
-                except BudgetUnavailable as exc:
-                    budgets = exc
-            if (
-                req is not None
-                and not isinstance(tags, InvalidRequest)
-                and isinstance(budgets, list)
-                and budgets
-                and gateway.settings.openrouter_api_key is not None
-                and req.price is not None
-                and req.unbounded_param(req.price) is None
-            ):
-                claim = Claim(
-                    event_id=event_id,
-                    team=principal.team,
-                    user=user,
-                    tags=tags,
-                    model=req.model,
-                    occurred_at=occurred_at,
-                    worst_case_units=req.worst_case_units(req.price),
-                )
-                # On the same connection as the reads (PostgreSQL: no second checkout and
-                # ping); on the event loop, by the caller.
-                reserved = claim if inline else _reserve_claim(gateway, claim, budgets, on)
+                known = None if inline else gateway.gate.known(principal.team, user, tags)
+                if known:  # PostgreSQL: admitted under them if they still are all the call's
+                    claim = _claim(gateway, req, principal, user, tags, event_id, occurred_at)
+                    try:
+                        if claim is not None:
+                            reserved = _reserve_claim(gateway, claim, known, on, verify=True)
+                            budgets = known
+                    except StaleCovering:
+                        pass
+                if reserved is None:
+                    try:
+                        budgets = gateway.gate.covering(principal.team, user, tags, on)
+                    except BudgetUnavailable as exc:
+                        budgets = exc
+                if reserved is None and isinstance(budgets, list) and budgets:
+                    claim = claim or _claim(
+                        gateway, req, principal, user, tags, event_id, occurred_at
+                    )
+                    # On the same connection as the reads (PostgreSQL: no second checkout
+                    # and ping); on the event loop, by the caller.
+                    if claim is not None:
+                        reserved = claim if inline else _reserve_claim(gateway, claim, budgets, on)
     except sa.exc.OperationalError as exc:
         return _database_unreachable(exc)
     if not inline:
@@ -372,6 +370,34 @@ def _admission(
     return principal, tags, budgets, reserved
 
 
+def _claim(
+    gateway: Gateway,
+    req: GatewayRequest,
+    principal: Principal,
+    user: str | None,
+    tags: dict[str, str] | None,
+    event_id: uuid.UUID,
+    occurred_at: datetime,
+) -> Claim | None:
+    """The call's claim on the budgets that may cover it; None when it cannot be sent with a
+    bounded cost (refused by `_reserve` if a budget covers it)."""
+    if (
+        gateway.settings.openrouter_api_key is None
+        or req.price is None
+        or req.unbounded_param(req.price) is not None
+    ):
+        return None
+    return Claim(
+        event_id=event_id,
+        team=principal.team,
+        user=user,
+        tags=tags,
+        model=req.model,
+        occurred_at=occurred_at,
+        worst_case_units=req.worst_case_units(req.price),
+    )
+
+
 def _reserve_claim(
     gateway: Gateway,
     claim: Claim,
@@ -379,12 +405,14 @@ def _reserve_claim(
     writer: fast.Reader | None = None,
     *,
     wait: bool = True,
+    verify: bool = False,
 ) -> Reserved:
     """The claim reserved under its budgets, or why it could not be; on `writer` if given
-    (with `wait=False`, fast.Busy while another connection writes), else on a pooled one."""
+    (with `wait=False`, fast.Busy while another connection writes), else on a pooled one.
+    With `verify`, StaleCovering when `budgets` are no longer the claim's (BudgetGate.admit)."""
     assert isinstance(budgets, list)
     try:
-        return claim, gateway.gate.admit(claim, budgets, writer, wait=wait)
+        return claim, gateway.gate.admit(claim, budgets, writer, wait=wait, verify=verify)
     except BudgetUnavailable as exc:
         return exc
 
