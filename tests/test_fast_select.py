@@ -135,21 +135,29 @@ def test_statements_write_what_sqlalchemy_reads(db: Database) -> None:
     """An INSERT and an UPDATE run by meter.db.fast store exactly what SQLAlchemy's own would:
     UUIDs, JSON, dates and aware UTC times encoded by their types."""
     H = models.GatewayHold
-    first, second, third, fourth = uuid7(), uuid7(), uuid7(), uuid7()
+    first, second, third, fourth, fifth = uuid7(), uuid7(), uuid7(), uuid7(), uuid7()
     tags = {"feature": "chat", "env": "prod"}
+    S = repo.Settlement
     with fast.reading(db.engine) as writer:
         with writer.transaction():
             repo.insert_hold(writer, _hold(first))
             repo.insert_hold(writer, _hold(second, tags=None, user="", expires_at=None))
             repo.insert_hold(writer, _hold(third))
             repo.insert_hold(writer, _hold(fourth))
+            repo.insert_hold(writer, _hold(fifth))
+        with writer.transaction():  # on PostgreSQL one statement: third and fifth one group
+            repo.settle(
+                writer,
+                [
+                    S(second, repo.SETTLED, 42, None),
+                    S(uuid7(), repo.SETTLED, 1, None),  # no such hold: nothing
+                    S(third, repo.SETTLED, 10**15 + 3, tags),
+                    S(fourth, repo.HELD, 10**15 + 7, tags),  # held: no group
+                    S(fifth, repo.SETTLED, 2, tags),
+                ],
+            )
         with writer.transaction():
-            repo.settle(writer, second, repo.SETTLED, 42, None)
-            repo.settle(writer, uuid7(), repo.SETTLED, 1, None)  # no such hold: nothing
-            repo.settle(writer, third, repo.SETTLED, 10**15 + 3, tags)
-            repo.settle(writer, fourth, repo.HELD, 10**15 + 7, tags)  # held: no group
-        with writer.transaction():
-            repo.settle(writer, third, repo.SETTLED, 5, tags)  # settled already: nothing
+            repo.settle(writer, [S(third, repo.SETTLED, 5, tags)])  # settled already: nothing
     with db.engine.connect() as conn:
         rows = {r.event_id: r for r in conn.execute(sa.select(H))}
         groups = settled.totals_by_group(conn)
@@ -158,12 +166,13 @@ def test_statements_write_what_sqlalchemy_reads(db: Database) -> None:
     day = date(2026, 12, 6)
     assert groups == {
         (day, "search", "", ""): 42,
-        (day, "search", "alice", settled.tags_key(tags)): 10**15 + 3,
+        (day, "search", "alice", settled.tags_key(tags)): 10**15 + 5,
     }
     assert sorted(stored_tags, key=str) == sorted([None, tags], key=str)
     assert settled.tags_key({"env": "prod", "feature": "chat"}) == settled.tags_key(tags)
     assert (rows[third].state, rows[fourth].state) == ("settled", "held")
-    del rows[third], rows[fourth]
+    assert (rows[fifth].state, rows[fifth].amount_units) == ("settled", 2)
+    del rows[third], rows[fourth], rows[fifth]
     assert set(rows) == {first, second}
     a, b = rows[first], rows[second]
     assert (a.team, a.user, a.tags, a.model, a.state) == (
@@ -190,7 +199,7 @@ def test_a_failed_transaction_leaves_nothing_and_the_connection_usable(db: Datab
             repo.insert_hold(writer, _hold(uuid7(), amount_units=2))
             raise RuntimeError("the caller changed its mind")
         with writer.transaction():
-            repo.settle(writer, event_id, repo.SETTLED, 5, None)
+            repo.settle(writer, [repo.Settlement(event_id, repo.SETTLED, 5, None)])
     with db.engine.connect() as conn:
         rows = conn.execute(
             sa.select(models.GatewayHold.state, models.GatewayHold.amount_units)

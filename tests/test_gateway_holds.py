@@ -445,3 +445,76 @@ def test_remembered_budgets_admit_only_while_they_still_are_the_calls(db: Databa
     assert gate.known("search", "alice") is None
     assert states(db) == [("open", W), ("open", W)]
     gate.close()
+
+
+def test_settlements_left_to_the_next_admission_are_made_before_it_is_judged(
+    db: Database,
+) -> None:
+    """PostgreSQL: a call's settlement is left to the server's next admission, whose one
+    statement makes every settlement left (after its locks) before it reads the budgets: the
+    next call is judged on the exact costs, in the same round trip. What no admission takes is
+    made by `flush`, many holds in one statement, their groups exact."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("settlements are left to the next admission on PostgreSQL only")
+    budget(db, 2 * W + W // 2)
+    gate = BudgetGate(db)
+    budgets = gate.covering("search", "alice")
+    first, second = claim(), claim()
+    assert gate.admit(first, budgets) is None
+    assert gate.admit(second, budgets) is None
+    gate.settle_later(first, W // 4, awaiting_lookup=False)
+    gate.settle_later(second, W // 2, awaiting_lookup=False)
+    assert gate.unsettled()
+    assert states(db) == [("open", W), ("open", W)]  # left, not made
+    # 2W reserved + W > 2.5W; settled first: W/4 + W/2 + W <= 2.5W
+    third = claim()
+    assert gate.admit(third, budgets) is None
+    assert not gate.unsettled()
+    assert states(db) == sorted([("settled", W // 4), ("settled", W // 2), ("open", W)])
+    # A refused admission makes them too: what it refused was judged on them.
+    gate.settle_later(third, W, awaiting_lookup=True)  # cut short: keeps its reservation
+    refusal = gate.admit(claim(2 * W), budgets)
+    assert refusal is not None and refusal.reserved_usd == Decimal(W) / 10**12
+    assert states(db) == sorted([("settled", W // 4), ("settled", W // 2), ("held", W)])
+    # Left with no admission after them: flush makes them, in one statement.
+    more = [claim(W // 10, tags={"f": "x"}) for _ in range(3)]
+    for c in more:
+        assert gate.admit(c, budgets) is None
+        gate.settle_later(c, W // 20, awaiting_lookup=False)
+    assert gate.wait_settled(2.0)  # flushes what is left, then nothing is in flight
+    assert not gate.unsettled()
+    assert states(db) == sorted(
+        [("settled", W // 4), ("settled", W // 2), ("held", W)] + [("settled", W // 20)] * 3
+    )
+    with db.engine.connect() as conn:
+        tagged = conn.execute(
+            sa.text("SELECT amount_units FROM gateway_settled WHERE tags_key <> ''")
+        ).scalar_one()
+    assert int(tagged) == 3 * (W // 20)  # three holds of one group, summed in one statement
+    gate.close()
+
+
+def test_settlements_not_made_are_left_for_the_next_attempt(db: Database) -> None:
+    """PostgreSQL: an admission that fails (the database gone for a moment) leaves the
+    settlements it carried to the next one; closing the gate makes what is left."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("settlements are left to the next admission on PostgreSQL only")
+    budget(db, 10 * W)
+    gate = BudgetGate(db)
+    budgets = gate.covering("search", "alice")
+    first = claim()
+    assert gate.admit(first, budgets) is None
+    gate.settle_later(first, W // 3, awaiting_lookup=False)
+    with db.engine.begin() as conn:  # the admission's statement fails: no such column
+        conn.execute(sa.text("ALTER TABLE gateway_holds RENAME COLUMN reserved_units TO r"))
+    try:
+        with pytest.raises(Exception, match="reserved_units"):
+            gate.admit(claim(), budgets)
+        assert gate.unsettled()
+    finally:
+        with db.engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE gateway_holds RENAME COLUMN r TO reserved_units"))
+    assert states(db) == [("open", W)]
+    gate.close()  # makes what is left
+    assert not gate.unsettled()
+    assert states(db) == [("settled", W // 3)]

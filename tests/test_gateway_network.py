@@ -146,3 +146,25 @@ def test_the_gateways_client_is_on_this_backend() -> None:
             assert isinstance(pool._network_backend, network.Backend)
 
     anyio.run(main)
+
+
+def test_the_pool_keeps_httpcores_decisions() -> None:
+    """network._Pool decides as httpcore's own pool does (it only counts its connections
+    once): four calls at once open four connections; with room for two idle ones, two are
+    kept once they end, and later calls reuse them."""
+
+    async def run(pooled: httpx.AsyncHTTPTransport) -> tuple[int, int, int]:
+        async with serving() as (upstream, url), httpx.AsyncClient(transport=pooled) as client:
+            async with anyio.create_task_group() as tg:
+                for _ in range(4):
+                    tg.start_soon(client.get, url)
+            kept = len(streams(client))
+            for _ in range(3):
+                assert (await client.get(url)).text == "ok"
+            return upstream.accepted, kept, len(streams(client))
+
+    limits = httpx.Limits(max_connections=4, max_keepalive_connections=2)
+    ours = network.transport(limits)
+    assert type(ours._pool) is network._Pool  # type: ignore[attr-defined]
+    theirs = httpx.AsyncHTTPTransport(limits=limits)
+    assert anyio.run(run, ours) == anyio.run(run, theirs) == (4, 2, 2)

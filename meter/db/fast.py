@@ -169,8 +169,11 @@ class FastSelect(FastStatement):
 
 
 # A compiled parameter and the cast SQLAlchemy's psycopg dialect renders after it.
-_PARAM = re.compile(r"%\((\w+)\)s(?:::(TIMESTAMP WITH(?:OUT)? TIME ZONE|[A-Z]+(?:\(\d+\))?))?")
+_PARAM = re.compile(
+    r"%\((\w+)\)s(?:::((?:TIMESTAMP WITH(?:OUT)? TIME ZONE|[A-Z]+(?:\(\d+\))?)(?:\[\])?))?"
+)
 _MADE = "meter_functions"  # the connection's info: the functions made on it
+_RAW_CURSOR = "meter_raw_cursor"  # and the raw cursor that calls them
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,8 @@ class _Built:
     name: str
     create: str
     call: str
+    raw_call: str  # the same with $n placeholders, for a RawCursor: no query to convert
+    names: list[str]  # the function's parameters, in order
     defaults: dict[str, Any]  # the statements' own values, under their function-wide names
     encoders: dict[str, Callable[[Any], Any]]  # the caller's parameters that need encoding
     last: _Compiled  # the statement whose rows are returned (decoders, row type)
@@ -265,29 +270,47 @@ class Procedure:
             f"LANGUAGE plpgsql VOLATILE AS $meter$\n{text}\n$meter$"
         )
         arguments = ", ".join(f"%({n})s::{t}" for n, t in args.items())
-        call = (
-            f"SELECT * FROM {name}({arguments})" if returns_rows else f"SELECT {name}({arguments})"
+        placeholders = ", ".join(f"${i + 1}::{t}" for i, t in enumerate(args.values()))
+        call, raw_call = (
+            (f"SELECT * FROM {name}({arguments})", f"SELECT * FROM {name}({placeholders})")
+            if returns_rows
+            else (f"SELECT {name}({arguments})", f"SELECT {name}({placeholders})")
         )
-        return _Built(name, create, call, defaults, encoders, compiled[-1], returns_rows)
+        return _Built(
+            name,
+            create,
+            call,
+            raw_call,
+            list(args),
+            defaults,
+            encoders,
+            compiled[-1],
+            returns_rows,
+        )
 
     def run(self, reader: Reader, params: Mapping[str, Any]) -> list[Any]:
         """Run them (on a connection in autocommit: as one transaction) -> the last
         statement's rows."""
         built = self._for(reader.dialect)
-        made: set[str] = reader.raw.info.setdefault(_MADE, set())
-        values = {**built.defaults, **params}
-        for name, encode in built.encoders.items():
-            value = values[name]
-            if value is not None:
-                values[name] = encode(value)
-        cursor = reader.cursor
+        info = reader.raw.info
+        made: set[str] = info.setdefault(_MADE, set())
+        values = []
+        for name in built.names:
+            value = params[name] if name in params else built.defaults[name]
+            encode = built.encoders.get(name)
+            values.append(value if encode is None or value is None else encode(value))
         dbapi = reader.dialect.loaded_dbapi
+        # A raw cursor ($n placeholders): psycopg converts a %(name)s query of more than 50
+        # parameters at every call, which took more CPU than the rest of the call.
+        cursor = info.get(_RAW_CURSOR)
+        if cursor is None or cursor.closed:
+            cursor = info[_RAW_CURSOR] = dbapi.RawCursor(reader.raw.driver_connection)
         for attempt in (1, 2):
             try:
                 if built.name not in made:
                     cursor.execute(built.create)
                     made.add(built.name)
-                cursor.execute(built.call, values)
+                cursor.execute(built.raw_call, values)
                 break
             except dbapi.Error as exc:
                 # Gone from the connection (DISCARD TEMP, say): made again, once.

@@ -36,11 +36,15 @@ in a worker thread instead. On PostgreSQL the admission is one statement in auto
 connection that read the key: a transaction in one round trip, the call of a function of that
 connection's own (meter.db.fast.Procedure) that takes the lock, then reads the states and
 inserts the hold only if every budget has room, in a statement whose snapshot is taken once
-the lock is granted; the states are read from its answer. The settlement is one such call too.
-A whole answer's hold is settled right after the answer is sent, and that server's later
-admissions wait for the settlements in flight (meter.gateway.proxy.Recording.answer): they see
-it; one on another server may see the full reservation meanwhile, which is more, never less,
-than the cost.
+the lock is granted; the states are read from its answer. On SQLite a whole answer's hold is
+settled right after the answer is sent, and that server's later admissions wait for the
+settlements in flight (meter.gateway.proxy.Recording.answer). On PostgreSQL a call's settlement
+is left to the server's next admission, whose statement makes every settlement left, after
+its locks and before its read, in its own transaction (`settle_later`), or to a batch of its
+own SETTLE_AFTER_S later if no admission came (meter.gateway.routes.Gateway.settle_later); an
+admission refused while some were being made by others is judged again once they are. Either
+way that server's next call is judged on its last calls' exact costs; an admission on another
+server may see the full reservation meanwhile, which is more, never less, than the cost.
 
 Spend recorded by other paths (the Python client, POST /v1/events) counts from the roll-up that
 includes it, so it can take a budget past its limit; the gateway then refuses. Budgets count
@@ -144,6 +148,13 @@ class BudgetGate:
         # still are all those covering the call, unchanged: one round trip, not two.
         self._known: dict[tuple[Any, ...], list[BudgetRow]] = {}
         self._remember = db.engine.dialect.name == "postgresql"
+        # PostgreSQL: the settlements of calls that ended, made by the next admission's own
+        # statement (after its locks, in its transaction) or by `flush` (Gateway.settle_later
+        # calls it soon after, if no admission came); and those being made now, by batch.
+        self._unsettled: list[repo.Settlement] = []
+        self._in_flight: set[int] = set()
+        self._batches = 0
+        self._settled = threading.Condition(self._lock)
 
     # -- which budgets a call falls under ---------------------------------------------------
 
@@ -225,9 +236,15 @@ class BudgetGate:
                             repo.insert_hold(on, hold)
                 else:  # the lock and the conditional INSERT: one statement, committed
                     call = (claim.team, claim.user, claim.tags) if verify else None
-                    states, admitted, fresh = repo.admit_if_room(
-                        on, budgets, windows, now, hold, call
-                    )
+                    batch, settling = self._take()
+                    try:
+                        states, admitted, fresh = repo.admit_if_room(
+                            on, budgets, windows, now, hold, call, settling
+                        )
+                    except BaseException:
+                        self._finish(batch, settling, made=False)
+                        raise
+                    self._finish(batch, settling, made=True)
                     if not fresh:
                         raise StaleCovering()
                     refusal = None if admitted else _refusal(states, claim.worst_case_units)
@@ -259,19 +276,18 @@ class BudgetGate:
         whose provider figures can still be looked up, keeps its full reservation). `writer`
         and `wait` as for `admit`: with `wait=False` it raises fast.Busy, having done
         nothing, while another connection holds the write lock."""
-        state = repo.HELD if awaiting_lookup else repo.SETTLED
-        amount = claim.worst_case_units if awaiting_lookup else cost_units
+        settlement = self._settlement(claim, cost_units, awaiting_lookup)
         try:
-            # Not flushed (PostgreSQL): the server's next admission waits for this commit, and
-            # losing it in a crash of the database loses nothing that matters: the hold is
-            # open again, counts its whole reservation (more than the cost, never less) until
-            # it expires or the roll-up counts its event, as when a server dies before settling.
+            # Not flushed (PostgreSQL), and losing it in a crash of the database loses nothing
+            # that matters: the hold is open again, counts its whole reservation (more than
+            # the cost, never less) until it expires or the roll-up counts its event, as when
+            # a server dies before settling.
             with fast.reading(self.db.engine, writer) as on:
                 if on.is_sqlite:
                     with on.transaction(wait=wait):
-                        repo.settle(on, claim.event_id, state, amount, claim.tags)
+                        repo.settle(on, [settlement])
                 else:  # one statement, its own transaction
-                    repo.settle(on, claim.event_id, state, amount, claim.tags)
+                    repo.settle(on, [settlement])
         except fast.Busy:
             raise
         except Exception:
@@ -280,6 +296,8 @@ class BudgetGate:
             log.exception("could not settle the gateway hold of %s", claim.event_id)
         with self._lock:
             self._running.discard(claim.event_id)
+
+    def _settlement(self, claim: Claim, cost_units: int, awaiting_lookup: bool) -> repo.Settlement:
         if cost_units > claim.worst_case_units:
             RESERVATION_EXCEEDED.inc()
             log.warning(
@@ -288,6 +306,68 @@ class BudgetGate:
                 cost_units,
                 claim.worst_case_units,
             )
+        if awaiting_lookup:
+            return repo.Settlement(claim.event_id, repo.HELD, claim.worst_case_units, claim.tags)
+        return repo.Settlement(claim.event_id, repo.SETTLED, cost_units, claim.tags)
+
+    # -- PostgreSQL: settlements made by the next admission, or by a batch ---------------------
+
+    def settle_later(self, claim: Claim, cost_units: int, *, awaiting_lookup: bool) -> None:
+        """PostgreSQL: `settle`, left to this server's next admission (its statement makes
+        every settlement left since the last one, after taking its budgets' locks, so it and
+        every admission after it see them) or to `flush`. Returns at once."""
+        settlement = self._settlement(claim, cost_units, awaiting_lookup)
+        with self._lock:
+            self._unsettled.append(settlement)
+
+    def unsettled(self) -> bool:
+        """Whether settlements are left to make, or being made."""
+        return bool(self._unsettled or self._in_flight)
+
+    def _take(self) -> tuple[int, list[repo.Settlement]]:
+        with self._lock:
+            if not self._unsettled:
+                return 0, []
+            self._batches += 1
+            self._in_flight.add(self._batches)
+            taken, self._unsettled = self._unsettled, []
+            return self._batches, taken
+
+    def _finish(self, batch: int, taken: list[repo.Settlement], *, made: bool) -> None:
+        """A batch made, or not (then left for the next admission or flush)."""
+        if not taken:
+            return
+        with self._lock:
+            self._in_flight.discard(batch)
+            if made:
+                self._running.difference_update(s.event_id for s in taken)
+            else:
+                self._unsettled[:0] = taken
+            self._settled.notify_all()
+
+    def flush(self) -> None:
+        """Make the settlements left, in one statement of their own."""
+        batch, taken = self._take()
+        if not taken:
+            return
+        try:
+            with fast.reading(self.db.engine) as on:
+                repo.settle(on, taken)
+        except Exception:
+            # Their holds stay open and expire within HOLD_TTL; their events are in the spool
+            # and reach the roll-up anyway.
+            log.exception("could not settle %d gateway holds", len(taken))
+        self._finish(batch, taken, made=True)
+
+    def wait_settled(self, timeout: float) -> bool:
+        """Make the settlements left, then wait for those being made by others (at most
+        `timeout` seconds: one that hangs leaves its hold's full reservation counted, never
+        less than the cost) -> whether every one of them ended."""
+        with self._lock:
+            others = set(self._in_flight)
+        self.flush()
+        with self._settled:
+            return self._settled.wait_for(lambda: others.isdisjoint(self._in_flight), timeout)
 
     # -- renewal of running calls' holds ------------------------------------------------------
 
@@ -318,6 +398,7 @@ class BudgetGate:
             log.exception("could not renew the gateway's open holds")
 
     def close(self) -> None:
+        self.flush()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)

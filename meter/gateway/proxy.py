@@ -193,9 +193,11 @@ class Recording:
     claim: Claim | None
     gate: BudgetGate
     writer: fast.Reader | None = None  # SQLite: the event loop's own connection
-    # The server's settlements that come after their answers, until committed: its
+    # SQLite: the server's settlements that come after their answers, until committed: its
     # admissions wait for those in flight (meter.gateway.routes.Gateway.settled).
     settling: dict[uuid.UUID, anyio.Event] = field(default_factory=dict)
+    # PostgreSQL: leaves a settlement to the server's next admission (Gateway.settle_later)
+    later: Callable[[Claim, int, bool], None] | None = None
 
     def event(self, outcome: Outcome, first_output_at: float | None = None) -> MeterInfo:
         """Spool the call's event (sync, one write(2)); never raises."""
@@ -210,12 +212,16 @@ class Recording:
         return cost, awaiting
 
     async def settle(self, info: MeterInfo) -> None:
-        """On the event loop's connection when it has one and no other connection is
-        writing; else in a worker thread."""
+        """PostgreSQL: left to the server's next admission (or made soon after). SQLite: on
+        the event loop's connection when no other connection is writing; else in a worker
+        thread."""
         if self.claim is None:
             return
         cost, awaiting = self.settlement(info)
         claim = self.claim
+        if self.later is not None:
+            self.later(claim, cost, awaiting)
+            return
         if self.writer is not None:
             try:
                 self.gate.settle(
@@ -234,15 +240,20 @@ class Recording:
         return info
 
     async def answer(self, upstream: httpx.Response, body: bytes, outcome: Outcome) -> Response:
-        """A whole answer: the event spooled before it leaves, the hold settled right after
-        (on SQLite's event loop, at once; else in a worker thread). Until the settlement is
-        committed this server's admissions wait for it, so a client's next call is judged on
-        this one's exact cost, as if it had been settled first; another server's admission
-        meanwhile sees the full reservation, which is more, never less, than the cost."""
+        """A whole answer: the event spooled before it leaves; the hold settled right after
+        it on SQLite (on the event loop), left to the server's next admission on PostgreSQL
+        (routes.Gateway.settle_later). This server's next admission is judged on this call's
+        exact cost, as if it had been settled first: on PostgreSQL it makes the settlement
+        itself, or, refused while one is being made, is judged again once it is; on SQLite
+        it waits for the settlements in flight. Another server's admission meanwhile sees
+        the full reservation, which is more, never less, than the cost."""
         info = self.event(outcome)
         event_id = str(self.call.event_id)
         claim = self.claim
         if claim is None:
+            return UpstreamResponse(upstream, body, event_id)
+        if self.later is not None:
+            await self.settle(info)
             return UpstreamResponse(upstream, body, event_id)
         done = anyio.Event()
         self.settling[claim.event_id] = done  # before the answer can reach the client

@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.engine import Connection
 
 from meter.budgets.repository import (
@@ -150,7 +151,7 @@ def _statements(
         states = (sa.union_all(*parts) if len(parts) > 1 else parts[0]).subquery("states")
         read = FastStatement(sa.select(states).order_by(states.c.id))
         fresh = None if tags is None else _still_covering(budgets, tags)
-        found = (read, Procedure(FastStatement(lock), _admission(parts, fresh)))
+        found = (read, Procedure(FastStatement(lock), _SETTLE_MANY, _admission(parts, fresh)))
         if len(_STATES) >= _STATES_MAX:
             _STATES.clear()
         _STATES[key] = found
@@ -247,17 +248,18 @@ _SETTLE_HOLD = (
 _GROUP_COLUMNS = ["day", "team", "user", "tags_key", "tags", "amount_units"]
 
 
-def _settle_statements() -> tuple[list[FastStatement], Procedure]:
-    """(SQLite's statements, PostgreSQL's procedure) of a settlement: the hold's new state and,
-    when it is settled, its cost added to its group of meter.db.settled, taken from the hold's
-    own row.
+def _settle_statements() -> tuple[list[FastStatement], FastStatement]:
+    """(SQLite's statements of one settlement; PostgreSQL's statement of many): each hold's
+    new state and, when it is settled, its cost added to its group of meter.db.settled, taken
+    from the hold's own row.
 
-    PostgreSQL: one statement, the UPDATE first (it locks the hold, then the group: the lock
-    order of meter.db.settled), adding to the group only if it changed the hold (a roll-up may
-    have counted the call and deleted its hold meanwhile), run as its own transaction whose
-    commit is not flushed (BudgetGate.settle says why that is harmless). SQLite: the INSERT
-    reads the hold before the UPDATE changes it, under the write lock this transaction holds
-    since BEGIN."""
+    PostgreSQL: one statement over arrays (`settle_*`, one element a hold), the UPDATE first
+    (it locks the holds, then the groups, in key order: the lock order of meter.db.settled),
+    adding to a group only what it changed (a roll-up may have counted a call and deleted its
+    hold meanwhile); the holds settled together are summed per group first (one command may
+    change a row once). Run alone (`_SETTLE_PG`) or inside an admission, after its budgets'
+    locks (`_statements`). SQLite: the INSERT reads the hold before the UPDATE changes it,
+    under the write lock this transaction holds since BEGIN."""
     units = sa.bindparam("amount", type_=models.BigInt)
     from_hold = (
         sa.select(H.day, H.team, H.user, sa.bindparam("tags_key", type_=sa.String()), H.tags, units)
@@ -265,26 +267,69 @@ def _settle_statements() -> tuple[list[FastStatement], Procedure]:
         .where(sa.bindparam("new_state", type_=sa.String()) == SETTLED)
     )
     lite = settled.upsert("sqlite").from_select(_GROUP_COLUMNS, from_hold)
-    changed = _SETTLE_HOLD.returning(H.day, H.team, H.user, H.tags, H.amount_units, H.state).cte(
-        "changed"
+    s = (
+        sa.func.unnest(
+            sa.bindparam("settle_holds", type_=pg_dialect.ARRAY(sa.Uuid())),
+            sa.bindparam("settle_states", type_=pg_dialect.ARRAY(sa.String())),
+            sa.bindparam("settle_amounts", type_=pg_dialect.ARRAY(models.BigInt)),
+            sa.bindparam("settle_keys", type_=pg_dialect.ARRAY(sa.String())),
+        )
+        .table_valued("hold", "new_state", "amount", "tags_key", name="settling")
+        .render_derived()
     )
-    pg = settled.upsert("postgresql").from_select(
-        _GROUP_COLUMNS,
+    changed = (
+        sa.update(H)
+        .where(H.event_id == s.c.hold, H.state == OPEN)
+        .values(state=s.c.new_state, amount_units=s.c.amount, expires_at=sa.null())
+        .returning(H.day, H.team, H.user, s.c.tags_key, H.tags, H.amount_units, H.state)
+        .cte("changed")
+    )
+    c = changed.c
+    key = (c.day, c.team, c.user, c.tags_key)
+    groups = (
         sa.select(
-            changed.c.day,
-            changed.c.team,
-            changed.c.user,
-            sa.bindparam("tags_key", type_=sa.String()),
-            changed.c.tags,
-            changed.c.amount_units,
-        ).where(changed.c.state == SETTLED),
+            *key,
+            sa.func.array_agg(c.tags)[1],  # the same tags: tags_key is their digest
+            sa.cast(sa.func.sum(c.amount_units), models.BigInt),
+        )
+        .where(c.state == SETTLED)
+        .group_by(*key)
+        .order_by(*key)
     )
-    return [FastStatement(lite), FastStatement(_SETTLE_HOLD)], Procedure(
-        FastStatement(pg), unflushed=True
-    )
+    pg = settled.upsert("postgresql").from_select(_GROUP_COLUMNS, groups)
+    return [FastStatement(lite), FastStatement(_SETTLE_HOLD)], FastStatement(pg)
 
 
-_SETTLE_SQLITE, _SETTLE_PG = _settle_statements()
+_SETTLE_SQLITE, _SETTLE_MANY = _settle_statements()
+# PostgreSQL's settlements alone: their own transaction, whose commit is not flushed
+# (BudgetGate.settle says why that is harmless).
+_SETTLE_PG = Procedure(_SETTLE_MANY, unflushed=True)
+NOTHING_TO_SETTLE: dict[str, list[Any]] = {
+    "settle_holds": [],
+    "settle_states": [],
+    "settle_amounts": [],
+    "settle_keys": [],
+}
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """A hold's end: its new state (SETTLED, or HELD for a lookup), its amount, its tags."""
+
+    event_id: uuid.UUID
+    state: str
+    amount_units: int
+    tags: dict[str, str] | None
+
+
+def settle_params(settlements: Sequence[Settlement]) -> dict[str, list[Any]]:
+    """PostgreSQL: the `settle_*` arrays of _SETTLE_MANY."""
+    return {
+        "settle_holds": [s.event_id for s in settlements],
+        "settle_states": [s.state for s in settlements],
+        "settle_amounts": [s.amount_units for s in settlements],
+        "settle_keys": [settled.tags_key(s.tags) for s in settlements],
+    }
 
 
 class _Numeric(sa.types.UserDefinedType[Any]):
@@ -351,6 +396,7 @@ def admit_if_room(
     now: datetime,
     hold: dict[str, Any],
     call: tuple[str | None, str | None, dict[str, str] | None] | None = None,
+    settlements: Sequence[Settlement] = (),
 ) -> tuple[list[BudgetState], bool, bool]:
     """PostgreSQL, as one statement (`writer` in autocommit: its own transaction, one round
     trip): lock the budgets' rows, in id order (so that admissions to a budget run one at a
@@ -359,13 +405,16 @@ def admit_if_room(
     COMMITTED snapshot is taken after the lock is granted (it sees every admission committed
     before). With `call` (its team, user and tags): only if `budgets` are also still all the
     enforced budgets covering it, unchanged. -> (the budgets' states as that statement read
-    them, whether the hold was inserted, whether `budgets` were still those of the call)."""
+    them, whether the hold was inserted, whether `budgets` were still those of the call).
+    `settlements`: this server's, made first in the same transaction, after the locks (the
+    states read see them); committed whether or not the hold is inserted."""
     tags = None if call is None else len(call[2] or {})
     _, admission = _statements(budgets, windows, tags)
     params = {f"h_{c}": v for c, v in hold.items()}
     params.update(now=now, worst=hold["amount_units"])
     if call is not None:
         params.update(_call_params(*call))
+    params.update(settle_params(settlements) if settlements else NOTHING_TO_SETTLE)
     found = admission.run(writer, params)
     states = [_state(r) for r in found if r.id is not None]
     return states, bool(found[0].admitted), bool(found[0].fresh)
@@ -376,29 +425,25 @@ def insert_hold(writer: fast.Reader, values: dict[str, Any]) -> None:
     _INSERT_HOLD.execute(writer, values)
 
 
-def settle(
-    writer: fast.Reader,
-    event_id: uuid.UUID,
-    state: str,
-    amount_units: int,
-    tags: dict[str, str] | None,
-) -> None:
-    """An open hold becomes `state` with `amount_units`, and a settled one's cost joins its
-    group (nothing if the hold is no longer open). `tags`: the call's (the hold's) tags.
-    SQLite: in the caller's transaction. PostgreSQL: one statement; in autocommit, a
-    transaction of its own whose commit is not flushed (in the caller's transaction, it makes
-    that transaction's commit unflushed)."""
-    params = {
-        "hold": event_id,
-        "new_state": state,
-        "amount": amount_units,
-        "tags_key": settled.tags_key(tags),
-    }
+def settle(writer: fast.Reader, settlements: Sequence[Settlement]) -> None:
+    """Open holds become their settlements' states and amounts, and a settled one's cost joins
+    its group (nothing for a hold no longer open). SQLite: in the caller's transaction, one
+    by one. PostgreSQL: one statement; in autocommit, a transaction of its own whose commit is
+    not flushed (in the caller's transaction, it makes that transaction's commit unflushed)."""
+    if not settlements:
+        return
     if writer.is_sqlite:
-        for statement in _SETTLE_SQLITE:
-            statement.execute(writer, params)
+        for s in settlements:
+            params = {
+                "hold": s.event_id,
+                "new_state": s.state,
+                "amount": s.amount_units,
+                "tags_key": settled.tags_key(s.tags),
+            }
+            for statement in _SETTLE_SQLITE:
+                statement.execute(writer, params)
     else:
-        _SETTLE_PG.run(writer, params)
+        _SETTLE_PG.run(writer, settle_params(settlements))
 
 
 def extend(conn: Connection, event_ids: Sequence[uuid.UUID], expires_at: datetime) -> None:

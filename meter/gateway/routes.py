@@ -11,6 +11,7 @@ Every answer that is not the upstream's own is in OpenAI's error envelope.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -54,6 +55,8 @@ log = logging.getLogger("meter.gateway")
 
 MODELS_CACHE_S = 300.0  # GET /v1/models: the upstream's answer is reused for at most this long
 SETTLE_WAIT_S = 5.0  # the longest an admission waits for this server's settlements in flight
+# PostgreSQL: how soon after a call ends its settlement is made, if no admission made it first
+SETTLE_AFTER_S = 0.01
 # OpenAI routes meter does not serve: 404 in OpenAI's envelope rather than FastAPI's.
 UNSERVED = frozenset(
     {
@@ -87,8 +90,11 @@ class Gateway:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loop_reader: fast.OwnReader | None = None
     _urls: dict[str, httpx.URL] = field(default_factory=dict)
-    # Settlements after their answers, until committed (meter.gateway.proxy.Recording.answer)
+    # SQLite: settlements after their answers, until committed (proxy.Recording.answer)
     settling: dict[uuid.UUID, anyio.Event] = field(default_factory=dict)
+    # PostgreSQL: the settlements left to the next admission are made by then at the latest
+    _settle_timer: asyncio.TimerHandle | None = None
+    _flushes: set[asyncio.Future[None]] = field(default_factory=set)
 
     async def settled(self) -> None:
         """Wait until the settlements in flight now are committed (at most SETTLE_WAIT_S: one
@@ -102,6 +108,22 @@ class Gateway:
             log.warning("gateway: %d settlements still running, not waited for", len(stuck))
             for event_id in stuck:
                 del self.settling[event_id]
+
+    def settle_later(self, claim: Claim, cost_units: int, awaiting_lookup: bool) -> None:
+        """PostgreSQL, on the event loop: the settlement left to this server's next admission
+        (BudgetGate.settle_later), made SETTLE_AFTER_S from now if none came by then."""
+        self.gate.settle_later(claim, cost_units, awaiting_lookup=awaiting_lookup)
+        if self._settle_timer is None:
+            self._settle_timer = asyncio.get_running_loop().call_later(
+                SETTLE_AFTER_S, self._settle_left
+            )
+
+    def _settle_left(self) -> None:
+        self._settle_timer = None
+        if self.gate.unsettled():
+            flush = asyncio.ensure_future(anyio.to_thread.run_sync(self.gate.flush))
+            self._flushes.add(flush)  # kept until done: the loop holds tasks weakly
+            flush.add_done_callback(self._flushes.discard)
 
     def upstream_url(self, path: str) -> httpx.URL:
         """The upstream's URL of a path, parsed once."""
@@ -134,6 +156,9 @@ class Gateway:
             await self._http.aclose()
         if self._loop_reader is not None:
             self._loop_reader.close()
+        if self._settle_timer is not None:
+            self._settle_timer.cancel()
+        await anyio.to_thread.run_sync(self.gate.flush)  # the settlements left
         self.gate.close()
         await anyio.to_thread.run_sync(self.meter.close)
 
@@ -285,10 +310,27 @@ async def _completions(request: Request, kind: str, path: str) -> Response:
         occurred_at=occurred_at,
         event_id=event_id,
     )
+    if (
+        isinstance(reserved, tuple)
+        and reserved[1] is not None
+        and gateway.gate.unsettled()
+        and isinstance(budgets, list)
+    ):
+        # PostgreSQL: refused while this server's last calls' settlements were still to be
+        # made: judged again once they are, as if they had been made first.
+        pending = reserved[0]
+        reserved = await anyio.to_thread.run_sync(_reserve_settled, gateway, pending, budgets)
     claim = _reserve(gateway, req, call, budgets, reserved)
     if isinstance(claim, Response):
         return claim
-    recording = Recording(call, claim, gateway.gate, reader, gateway.settling)
+    recording = Recording(
+        call,
+        claim,
+        gateway.gate,
+        reader,
+        gateway.settling,
+        None if reader is not None else gateway.settle_later,
+    )
     outgoing = gateway.http().build_request(
         "POST",
         gateway.upstream_url(path),
@@ -415,6 +457,13 @@ def _reserve_claim(
         return claim, gateway.gate.admit(claim, budgets, writer, wait=wait, verify=verify)
     except BudgetUnavailable as exc:
         return exc
+
+
+def _reserve_settled(gateway: Gateway, claim: Claim, budgets: list[BudgetRow]) -> Reserved:
+    """The claim reserved once this server's settlements left and in flight are made."""
+    if not gateway.gate.wait_settled(SETTLE_WAIT_S):
+        log.warning("gateway: settlements still running after %s s, not waited for", SETTLE_WAIT_S)
+    return _reserve_claim(gateway, claim, budgets)
 
 
 def _reserve(
