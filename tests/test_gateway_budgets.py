@@ -14,7 +14,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import openai
 import pytest
@@ -23,6 +22,7 @@ import sqlalchemy as sa
 from meter.budgets import service
 from meter.budgets.schemas import BudgetCreate
 from meter.db.session import Database
+from meter.gateway.holds import BudgetGate, Claim
 from meter.ids import uuid7
 from meter.mock_upstream import MockUpstream
 from meter.money import render_usd
@@ -464,27 +464,33 @@ def test_an_answer_leaves_before_its_settlement_and_the_next_call_waits_for_it(
     assert len(mock.requests) == 2
 
 
-def test_a_settlement_that_never_ends_is_waited_for_once(
-    monkeypatch: pytest.MonkeyPatch, db: Database
-) -> None:
-    """An admission waits for the server's settlements in flight at most SETTLE_WAIT_S; one
-    that never ends is then forgotten, so later admissions do not wait for it again."""
-    from meter.gateway import routes
-
-    monkeypatch.setattr(routes, "SETTLE_WAIT_S", 0.2)
-    gateway = routes.Gateway(loopback_settings(), db, meter=None, gate=None)  # type: ignore[arg-type]
-    stuck, done = anyio.Event(), anyio.Event()
-    done.set()
-    gateway.settling.update({uuid7(): stuck, uuid7(): done})
-
-    async def admissions() -> list[float]:
+def test_a_settlement_that_never_ends_is_waited_for_once(db: Database, db_url: str) -> None:
+    """A refused admission waits for the server's settlements being made at most its timeout
+    (SETTLE_WAIT_S); one that never ends is then given up, so later admissions neither wait
+    for it again nor are judged again because of it."""
+    gate = BudgetGate(db)
+    budget(db, "1")
+    covering = gate.covering("search", None)
+    first = Claim(uuid7(), "search", None, None, MODEL, datetime.now(UTC), 10**9)
+    assert gate.admit(first, covering) is None
+    gate.settle_later(first, 10**6, awaiting_lookup=False)
+    with holds_locked(db_url):
+        stuck = threading.Thread(target=gate.flush)  # takes the settlement, then waits
+        stuck.start()
+        for _ in range(100):  # liveness bound: 5 s
+            if gate._in_flight:
+                break
+            time.sleep(0.05)
+        assert gate.unsettled()
         waits = []
         for _ in range(2):
             started = time.monotonic()
-            await gateway.settled()
-            waits.append(time.monotonic() - started)
-        return waits
-
-    first, second = anyio.run(admissions)
-    assert 0.2 <= first < 2 and second < 0.1
-    assert list(gateway.settling.values()) == [done]
+            ended = gate.wait_settled(0.2)
+            waits.append((ended, time.monotonic() - started))
+        assert not waits[0][0] and 0.2 <= waits[0][1] < 2
+        assert waits[1][0] and waits[1][1] < 0.1
+        assert not gate.unsettled()  # given up: no admission is judged again for it
+    stuck.join(10)
+    assert not gate._in_flight
+    assert read_holds(db) == [("settled", 10**6, 10**9)]
+    gate.close()

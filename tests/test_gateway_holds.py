@@ -450,12 +450,10 @@ def test_remembered_budgets_admit_only_while_they_still_are_the_calls(db: Databa
 def test_settlements_left_to_the_next_admission_are_made_before_it_is_judged(
     db: Database,
 ) -> None:
-    """PostgreSQL: a call's settlement is left to the server's next admission, whose one
-    statement makes every settlement left (after its locks) before it reads the budgets: the
-    next call is judged on the exact costs, in the same round trip. What no admission takes is
-    made by `flush`, many holds in one statement, their groups exact."""
-    if db.engine.dialect.name != "postgresql":
-        pytest.skip("settlements are left to the next admission on PostgreSQL only")
+    """A call's settlement is left to the server's next admission, which makes every
+    settlement left (after its locks, in its transaction: on PostgreSQL in its one statement)
+    before it reads the budgets: the next call is judged on the exact costs. What no admission
+    takes is made by `flush`, many holds at once, their groups exact."""
     budget(db, 2 * W + W // 2)
     gate = BudgetGate(db)
     budgets = gate.covering("search", "alice")
@@ -495,10 +493,8 @@ def test_settlements_left_to_the_next_admission_are_made_before_it_is_judged(
 
 
 def test_settlements_not_made_are_left_for_the_next_attempt(db: Database) -> None:
-    """PostgreSQL: an admission that fails (the database gone for a moment) leaves the
-    settlements it carried to the next one; closing the gate makes what is left."""
-    if db.engine.dialect.name != "postgresql":
-        pytest.skip("settlements are left to the next admission on PostgreSQL only")
+    """An admission that fails (the database gone for a moment) leaves the settlements it
+    carried to the next one; closing the gate makes what is left."""
     budget(db, 10 * W)
     gate = BudgetGate(db)
     budgets = gate.covering("search", "alice")

@@ -36,14 +36,12 @@ in a worker thread instead. On PostgreSQL the admission is one statement in auto
 connection that read the key: a transaction in one round trip, the call of a function of that
 connection's own (meter.db.fast.Procedure) that takes the lock, then reads the states and
 inserts the hold only if every budget has room, in a statement whose snapshot is taken once
-the lock is granted; the states are read from its answer. On SQLite a whole answer's hold is
-settled right after the answer is sent, and that server's later admissions wait for the
-settlements in flight (meter.gateway.proxy.Recording.answer). On PostgreSQL a call's settlement
-is left to the server's next admission, whose statement makes every settlement left, after
-its locks and before its read, in its own transaction (`settle_later`), or to a batch of its
-own SETTLE_AFTER_S later if no admission came (meter.gateway.routes.Gateway.settle_later); an
-admission refused while some were being made by others is judged again once they are. Either
-way that server's next call is judged on its last calls' exact costs; an admission on another
+the lock is granted; the states are read from its answer. A call's settlement is left to the
+server's next admission, which makes every settlement left in its own transaction, after its
+locks and before its read (`settle_later`; on PostgreSQL in the same statement), or to a batch
+of its own SETTLE_AFTER_S later if no admission came (meter.gateway.routes.Gateway.settle_later);
+an admission refused while some were being made by others is judged again once they are. So
+that server's next call is judged on its last calls' exact costs; an admission on another
 server may see the full reservation meanwhile, which is more, never less, than the cost.
 
 Spend recorded by other paths (the Python client, POST /v1/events) counts from the roll-up that
@@ -148,11 +146,12 @@ class BudgetGate:
         # still are all those covering the call, unchanged: one round trip, not two.
         self._known: dict[tuple[Any, ...], list[BudgetRow]] = {}
         self._remember = db.engine.dialect.name == "postgresql"
-        # PostgreSQL: the settlements of calls that ended, made by the next admission's own
-        # statement (after its locks, in its transaction) or by `flush` (Gateway.settle_later
-        # calls it soon after, if no admission came); and those being made now, by batch.
+        # The settlements of calls that ended, made by the next admission (after its locks,
+        # in its transaction) or by `flush` (Gateway.settle_later calls it soon after, if no
+        # admission came); and those being made now, by batch.
         self._unsettled: list[repo.Settlement] = []
         self._in_flight: set[int] = set()
+        self._given_up: set[int] = set()  # in flight, no longer waited for (`wait_settled`)
         self._batches = 0
         self._settled = threading.Condition(self._lock)
 
@@ -229,11 +228,18 @@ class BudgetGate:
         try:
             with fast.reading(self.db.engine, writer) as on:
                 if on.is_sqlite:
-                    with on.transaction(wait=wait):
-                        states = repo.budget_states(on, budgets, windows, now)
-                        refusal = _refusal(states, claim.worst_case_units)
-                        if refusal is None:
-                            repo.insert_hold(on, hold)
+                    batch, settling = self._take()
+                    try:
+                        with on.transaction(wait=wait):
+                            repo.settle(on, settling)  # the calls that ended, first
+                            states = repo.budget_states(on, budgets, windows, now)
+                            refusal = _refusal(states, claim.worst_case_units)
+                            if refusal is None:
+                                repo.insert_hold(on, hold)
+                    except BaseException:
+                        self._finish(batch, settling, made=False)
+                        raise
+                    self._finish(batch, settling, made=True)
                 else:  # the lock and the conditional INSERT: one statement, committed
                     call = (claim.team, claim.user, claim.tags) if verify else None
                     batch, settling = self._take()
@@ -310,19 +316,20 @@ class BudgetGate:
             return repo.Settlement(claim.event_id, repo.HELD, claim.worst_case_units, claim.tags)
         return repo.Settlement(claim.event_id, repo.SETTLED, cost_units, claim.tags)
 
-    # -- PostgreSQL: settlements made by the next admission, or by a batch ---------------------
+    # -- settlements made by the next admission, or by a batch ------------------------------
 
     def settle_later(self, claim: Claim, cost_units: int, *, awaiting_lookup: bool) -> None:
-        """PostgreSQL: `settle`, left to this server's next admission (its statement makes
-        every settlement left since the last one, after taking its budgets' locks, so it and
-        every admission after it see them) or to `flush`. Returns at once."""
+        """`settle`, left to this server's next admission (which makes every settlement left
+        since the last one in its own transaction, after taking its budgets' locks and before
+        reading their states, so it and every admission after it see them) or to `flush`.
+        Returns at once."""
         settlement = self._settlement(claim, cost_units, awaiting_lookup)
         with self._lock:
             self._unsettled.append(settlement)
 
     def unsettled(self) -> bool:
-        """Whether settlements are left to make, or being made."""
-        return bool(self._unsettled or self._in_flight)
+        """Whether settlements are left to make, or being made (and still waited for)."""
+        return bool(self._unsettled or len(self._in_flight) > len(self._given_up))
 
     def _take(self) -> tuple[int, list[repo.Settlement]]:
         with self._lock:
@@ -339,20 +346,30 @@ class BudgetGate:
             return
         with self._lock:
             self._in_flight.discard(batch)
+            self._given_up.discard(batch)
             if made:
                 self._running.difference_update(s.event_id for s in taken)
             else:
                 self._unsettled[:0] = taken
             self._settled.notify_all()
 
-    def flush(self) -> None:
-        """Make the settlements left, in one statement of their own."""
+    def flush(self, writer: fast.Reader | None = None, *, wait: bool = True) -> None:
+        """Make the settlements left, in a transaction of their own (on PostgreSQL one
+        statement). `writer` and `wait` as for `admit`: with `wait=False` it raises fast.Busy,
+        having done nothing, while another connection holds SQLite's write lock."""
         batch, taken = self._take()
         if not taken:
             return
         try:
-            with fast.reading(self.db.engine) as on:
-                repo.settle(on, taken)
+            with fast.reading(self.db.engine, writer) as on:
+                if on.is_sqlite:
+                    with on.transaction(wait=wait):
+                        repo.settle(on, taken)
+                else:
+                    repo.settle(on, taken)
+        except fast.Busy:
+            self._finish(batch, taken, made=False)
+            raise
         except Exception:
             # Their holds stay open and expire within HOLD_TTL; their events are in the spool
             # and reach the roll-up anyway.
@@ -360,14 +377,18 @@ class BudgetGate:
         self._finish(batch, taken, made=True)
 
     def wait_settled(self, timeout: float) -> bool:
-        """Make the settlements left, then wait for those being made by others (at most
-        `timeout` seconds: one that hangs leaves its hold's full reservation counted, never
-        less than the cost) -> whether every one of them ended."""
+        """Make the settlements left, then wait for those being made by others, at most
+        `timeout` seconds; a batch still running then is never waited for again (its holds
+        count their full reservations, never less than the costs, until it ends) -> whether
+        every one of them ended."""
         with self._lock:
-            others = set(self._in_flight)
+            others = self._in_flight - self._given_up
         self.flush()
         with self._settled:
-            return self._settled.wait_for(lambda: others.isdisjoint(self._in_flight), timeout)
+            ended = self._settled.wait_for(lambda: others.isdisjoint(self._in_flight), timeout)
+            if not ended:
+                self._given_up |= others & self._in_flight
+            return ended
 
     # -- renewal of running calls' holds ------------------------------------------------------
 

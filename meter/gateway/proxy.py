@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -37,10 +36,9 @@ from meter.client._capture import (
 from meter.client._record import Call
 from meter.client._sse import COMMENT, SSEDecoder
 from meter.client._types import MeterInfo
-from meter.db import fast
 from meter.gateway import network
 from meter.gateway.errors import openai_error, sse_error
-from meter.gateway.holds import BudgetGate, Claim
+from meter.gateway.holds import Claim
 from meter.metrics import GATEWAY_CALLS
 from meter.pricing import cost_of
 from meter.settings import Settings
@@ -145,36 +143,24 @@ class UpstreamResponse(Response):
     raw bytes httpx read (minus those `response_headers` drops), never decoded and encoded
     again header by header, plus Content-Length and the event's id."""
 
-    def __init__(
-        self,
-        upstream: httpx.Response,
-        body: bytes,
-        event_id: str,
-        after: Callable[[], Awaitable[None]] | None = None,
-    ) -> None:
+    def __init__(self, upstream: httpx.Response, body: bytes, event_id: str) -> None:
         self.status_code = upstream.status_code
         self.body = body
         self.background = None
-        self.after = after  # run once the answer is sent (or could not be)
         headers = [(k.lower(), v) for k, v in upstream.headers.raw if k.lower() not in _DROPPED_RAW]
         headers.append((b"content-length", str(len(body)).encode()))
         headers.append((_EVENT_ID_RAW, event_id.encode()))
         self.raw_headers = headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": self.status_code,
-                    "headers": self.raw_headers,
-                }
-            )
-            await send({"type": "http.response.body", "body": self.body})
-        finally:
-            if self.after is not None:
-                with anyio.CancelScope(shield=True):
-                    await self.after()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": self.status_code,
+                "headers": self.raw_headers,
+            }
+        )
+        await send({"type": "http.response.body", "body": self.body})
 
 
 def _inflater(encoding: str) -> Any:
@@ -191,13 +177,8 @@ class Recording:
 
     call: Call
     claim: Claim | None
-    gate: BudgetGate
-    writer: fast.Reader | None = None  # SQLite: the event loop's own connection
-    # SQLite: the server's settlements that come after their answers, until committed: its
-    # admissions wait for those in flight (meter.gateway.routes.Gateway.settled).
-    settling: dict[uuid.UUID, anyio.Event] = field(default_factory=dict)
-    # PostgreSQL: leaves a settlement to the server's next admission (Gateway.settle_later)
-    later: Callable[[Claim, int, bool], None] | None = None
+    # Leaves a settlement to the server's next admission (routes.Gateway.settle_later)
+    settle_later: Callable[[Claim, int, bool], None]
 
     def event(self, outcome: Outcome, first_output_at: float | None = None) -> MeterInfo:
         """Spool the call's event (sync, one write(2)); never raises."""
@@ -211,61 +192,25 @@ class Recording:
         awaiting = info.usage_source == "estimated" and info.generation_id is not None
         return cost, awaiting
 
-    async def settle(self, info: MeterInfo) -> None:
-        """PostgreSQL: left to the server's next admission (or made soon after). SQLite: on
-        the event loop's connection when no other connection is writing; else in a worker
-        thread."""
-        if self.claim is None:
-            return
-        cost, awaiting = self.settlement(info)
-        claim = self.claim
-        if self.later is not None:
-            self.later(claim, cost, awaiting)
-            return
-        if self.writer is not None:
-            try:
-                self.gate.settle(
-                    claim, cost, awaiting_lookup=awaiting, writer=self.writer, wait=False
-                )
-                return
-            except fast.Busy:
-                pass
-        await anyio.to_thread.run_sync(
-            lambda: self.gate.settle(claim, cost, awaiting_lookup=awaiting)
-        )
+    def settle(self, info: MeterInfo) -> None:
+        """Left to the server's next admission, which makes it before it reads the budgets
+        (or made SETTLE_AFTER_S later if none came): the server's next call is judged on this
+        one's exact cost, as if it had been settled first; another server's admission
+        meanwhile sees the full reservation, which is more, never less, than the cost."""
+        if self.claim is not None:
+            self.settle_later(self.claim, *self.settlement(info))
 
-    async def finish(self, outcome: Outcome, first_output_at: float | None = None) -> MeterInfo:
+    def finish(self, outcome: Outcome, first_output_at: float | None = None) -> MeterInfo:
         info = self.event(outcome, first_output_at)
-        await self.settle(info)
+        self.settle(info)
         return info
 
-    async def answer(self, upstream: httpx.Response, body: bytes, outcome: Outcome) -> Response:
-        """A whole answer: the event spooled before it leaves; the hold settled right after
-        it on SQLite (on the event loop), left to the server's next admission on PostgreSQL
-        (routes.Gateway.settle_later). This server's next admission is judged on this call's
-        exact cost, as if it had been settled first: on PostgreSQL it makes the settlement
-        itself, or, refused while one is being made, is judged again once it is; on SQLite
-        it waits for the settlements in flight. Another server's admission meanwhile sees
-        the full reservation, which is more, never less, than the cost."""
+    def answer(self, upstream: httpx.Response, body: bytes, outcome: Outcome) -> Response:
+        """A whole answer: the event spooled before it leaves, its settlement left to the
+        server's next admission."""
         info = self.event(outcome)
-        event_id = str(self.call.event_id)
-        claim = self.claim
-        if claim is None:
-            return UpstreamResponse(upstream, body, event_id)
-        if self.later is not None:
-            await self.settle(info)
-            return UpstreamResponse(upstream, body, event_id)
-        done = anyio.Event()
-        self.settling[claim.event_id] = done  # before the answer can reach the client
-
-        async def settle() -> None:
-            try:
-                await self.settle(info)
-            finally:
-                self.settling.pop(claim.event_id, None)
-                done.set()
-
-        return UpstreamResponse(upstream, body, event_id, after=settle)
+        self.settle(info)
+        return UpstreamResponse(upstream, body, str(self.call.event_id))
 
 
 async def forward_plain(
@@ -288,12 +233,12 @@ async def forward_plain(
     else:
         outcome = read_completion(body).outcome
         GATEWAY_CALLS.labels("forwarded").inc()
-    return await recording.answer(upstream, body, outcome)
+    return recording.answer(upstream, body, outcome)
 
 
 async def _unreachable(exc: httpx.HTTPError, recording: Recording) -> Response:
     """Nothing came back: 504 for a timeout before the response started, else 502."""
-    await recording.finish(http_error_outcome())
+    recording.finish(http_error_outcome())
     headers = {EVENT_ID_HEADER: str(recording.call.event_id)}
     if isinstance(exc, httpx.TimeoutException):
         GATEWAY_CALLS.labels("upstream_timeout").inc()
@@ -336,7 +281,7 @@ async def forward_stream(
         else:
             outcome = read_completion(body).outcome
         GATEWAY_CALLS.labels("upstream_error" if upstream.status_code >= 400 else "forwarded").inc()
-        return await recording.answer(upstream, body, outcome)
+        return recording.answer(upstream, body, outcome)
     GATEWAY_CALLS.labels("forwarded").inc()
     relay = Relay(upstream, recording, strip)
     headers = response_headers(upstream, decoded=relay.rewrite)
@@ -382,7 +327,7 @@ class Relay:
 
     async def _finish(self, end: End) -> None:
         self.recorded = True
-        await self.recording.finish(self.capture.outcome(end), self.capture.first_output_at)
+        self.recording.finish(self.capture.outcome(end), self.capture.first_output_at)
 
     async def run(self) -> AsyncIterator[bytes]:
         try:
@@ -417,7 +362,7 @@ class Relay:
                 )
                 with anyio.CancelScope(shield=True):
                     await self.upstream.aclose()  # providers that can stop generating do
-                    await self.recording.settle(info)
+                    self.recording.settle(info)
             else:
                 with anyio.CancelScope(shield=True):
                     await self.upstream.aclose()

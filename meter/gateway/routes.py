@@ -90,27 +90,12 @@ class Gateway:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loop_reader: fast.OwnReader | None = None
     _urls: dict[str, httpx.URL] = field(default_factory=dict)
-    # SQLite: settlements after their answers, until committed (proxy.Recording.answer)
-    settling: dict[uuid.UUID, anyio.Event] = field(default_factory=dict)
-    # PostgreSQL: the settlements left to the next admission are made by then at the latest
+    # The settlements left to the next admission are made by then at the latest
     _settle_timer: asyncio.TimerHandle | None = None
     _flushes: set[asyncio.Future[None]] = field(default_factory=set)
 
-    async def settled(self) -> None:
-        """Wait until the settlements in flight now are committed (at most SETTLE_WAIT_S: one
-        that hangs leaves its full reservation counted, never less than the cost)."""
-        pending = list(self.settling.values())
-        with anyio.move_on_after(SETTLE_WAIT_S) as waited:
-            for done in pending:
-                await done.wait()
-        if waited.cancelled_caught:  # never wait for these again: their holds count in full
-            stuck = [k for k, e in self.settling.items() if e in pending and not e.is_set()]
-            log.warning("gateway: %d settlements still running, not waited for", len(stuck))
-            for event_id in stuck:
-                del self.settling[event_id]
-
     def settle_later(self, claim: Claim, cost_units: int, awaiting_lookup: bool) -> None:
-        """PostgreSQL, on the event loop: the settlement left to this server's next admission
+        """On the event loop: a call's settlement, left to this server's next admission
         (BudgetGate.settle_later), made SETTLE_AFTER_S from now if none came by then."""
         self.gate.settle_later(claim, cost_units, awaiting_lookup=awaiting_lookup)
         if self._settle_timer is None:
@@ -119,11 +104,21 @@ class Gateway:
             )
 
     def _settle_left(self) -> None:
+        """SQLite: on the event loop's connection unless another connection is writing;
+        else (and on PostgreSQL) in a worker thread."""
         self._settle_timer = None
-        if self.gate.unsettled():
-            flush = asyncio.ensure_future(anyio.to_thread.run_sync(self.gate.flush))
-            self._flushes.add(flush)  # kept until done: the loop holds tasks weakly
-            flush.add_done_callback(self._flushes.discard)
+        if not self.gate.unsettled():
+            return
+        reader = self.loop_reader()
+        if reader is not None:
+            try:
+                self.gate.flush(reader, wait=False)
+                return
+            except fast.Busy:
+                pass
+        flush = asyncio.ensure_future(anyio.to_thread.run_sync(self.gate.flush))
+        self._flushes.add(flush)  # kept until done: the loop holds tasks weakly
+        flush.add_done_callback(self._flushes.discard)
 
     def upstream_url(self, path: str) -> httpx.URL:
         """The upstream's URL of a path, parsed once."""
@@ -266,8 +261,6 @@ async def _completions(request: Request, kind: str, path: str) -> Response:
     # reservation (a bad key is a 401 before a bad body is a 400). In one trip to a worker
     # thread; on SQLite the reads on the event loop, and a worker thread only for a write.
     event_id = uuid7()
-    if gateway.settling:  # judged on the last calls' exact costs, as if settled first
-        await gateway.settled()
     reader = gateway.loop_reader()
     if reader is None:
         admission = await anyio.to_thread.run_sync(
@@ -316,21 +309,14 @@ async def _completions(request: Request, kind: str, path: str) -> Response:
         and gateway.gate.unsettled()
         and isinstance(budgets, list)
     ):
-        # PostgreSQL: refused while this server's last calls' settlements were still to be
-        # made: judged again once they are, as if they had been made first.
+        # Refused while this server's last calls' settlements were still being made (by
+        # another admission or a batch): judged again once they are, as if made first.
         pending = reserved[0]
         reserved = await anyio.to_thread.run_sync(_reserve_settled, gateway, pending, budgets)
     claim = _reserve(gateway, req, call, budgets, reserved)
     if isinstance(claim, Response):
         return claim
-    recording = Recording(
-        call,
-        claim,
-        gateway.gate,
-        reader,
-        gateway.settling,
-        None if reader is not None else gateway.settle_later,
-    )
+    recording = Recording(call, claim, gateway.settle_later)
     outgoing = gateway.http().build_request(
         "POST",
         gateway.upstream_url(path),
