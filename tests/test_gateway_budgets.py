@@ -24,6 +24,7 @@ from meter.budgets.schemas import BudgetCreate
 from meter.db.session import Database
 from meter.gateway.holds import BudgetGate, Claim
 from meter.ids import uuid7
+from meter.keys import create_key
 from meter.mock_upstream import MockUpstream
 from meter.money import render_usd
 from meter.rollup.engine import run_rollup
@@ -494,3 +495,27 @@ def test_a_settlement_that_never_ends_is_waited_for_once(db: Database, db_url: s
     assert not gate._in_flight
     assert read_holds(db) == [("settled", 10**6, 10**9)]
     gate.close()
+
+
+def test_a_key_revoked_between_two_budgeted_calls_is_refused_at_once(
+    gw: GatewayServer, db: Database, mock: MockUpstream
+) -> None:
+    """On PostgreSQL a budgeted call whose key and budgets were read for an earlier call is
+    admitted in one statement that also checks the key is still there: a key revoked (or
+    expired) since is refused by the very next call, nothing reserved, nothing sent."""
+    from meter.api.routes.keys import revoke_key
+
+    budget(db, "1")
+    with db.engine.begin() as conn:
+        key_id, key, _ = create_key(conn, "gateway", "search", "test", user="alice")
+    headers = {"Authorization": f"Bearer {key}"}
+    url = f"{gw.base_url}/chat/completions"
+    for _ in range(3):  # read once, then admitted under what was read
+        assert httpx.post(url, headers=headers, json=BODY).status_code == 200
+    assert revoke_key(db, key_id, "test")
+    refused = httpx.post(url, headers=headers, json=BODY)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "invalid_api_key"
+    assert len(mock.requests) == 3
+    gw.flush()
+    assert [h[0] for h in read_holds(db)] == ["settled"] * 3

@@ -514,3 +514,36 @@ def test_settlements_not_made_are_left_for_the_next_attempt(db: Database) -> Non
     gate.close()  # makes what is left
     assert not gate.unsettled()
     assert states(db) == [("settled", W // 3)]
+
+
+def test_a_remembered_key_admits_only_while_it_is_still_there(db: Database) -> None:
+    """PostgreSQL: an admission under a key read for an earlier call checks, in its statement,
+    that the key (its id and digest) is still there and unexpired: a revoked key makes it
+    stale, nothing reserved."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("remembered keys are PostgreSQL's")
+    from meter.keys import create_key, hash_key
+
+    budget(db, 10 * W)
+    with db.engine.begin() as conn:
+        key_id, token, _ = create_key(conn, "gateway", "search", "t", user="alice")
+        other_id, other, _ = create_key(
+            conn, "gateway", "search", "t", expires_at=datetime.now(UTC) + timedelta(hours=1)
+        )
+        past = datetime.now(UTC) - timedelta(seconds=1)  # expired since
+        conn.execute(
+            sa.update(models.ApiKey).where(models.ApiKey.id == other_id).values(expires_at=past)
+        )
+    gate = BudgetGate(db)
+    budgets = gate.covering("search", "alice")
+    digest = hash_key(token)
+    assert gate.admit(claim(), budgets, verify=True, api_key=(key_id, digest)) is None
+    for wrong in ((key_id, hash_key("another")), (other_id, hash_key(other))):  # wrong; expired
+        with pytest.raises(StaleCovering):
+            gate.admit(claim(), budgets, verify=True, api_key=wrong)
+    with db.engine.begin() as conn:
+        conn.execute(sa.delete(models.ApiKey).where(models.ApiKey.id == key_id))
+    with pytest.raises(StaleCovering):
+        gate.admit(claim(), budgets, verify=True, api_key=(key_id, digest))
+    assert states(db) == [("open", W)]
+    gate.close()

@@ -65,6 +65,7 @@ from meter.budgets.rules import budget_window
 from meter.db import fast
 from meter.db.session import Database
 from meter.gateway import repository as repo
+from meter.keys import Principal
 from meter.metrics import RESERVATION_EXCEEDED
 from meter.money import units_to_usd
 from meter.weeks import week_of
@@ -145,6 +146,9 @@ class BudgetGate:
         # there were some. An admission under them checks, after taking their locks, that they
         # still are all those covering the call, unchanged: one round trip, not two.
         self._known: dict[tuple[Any, ...], list[BudgetRow]] = {}
+        # And the principal of each key read for a call (by digest): a call under remembered
+        # budgets checks in the same statement that the key is still there (not revoked).
+        self._keys: dict[str, Principal] = {}
         self._remember = db.engine.dialect.name == "postgresql"
         # The settlements of calls that ended, made by the next admission (after its locks,
         # in its transaction) or by `flush` (Gateway.settle_later calls it soon after, if no
@@ -189,6 +193,21 @@ class BudgetGate:
         some (to admit under, with `admit(..., verify=True)`); else None."""
         return self._known.get(_call_key(team, user, tags)) if self._remember else None
 
+    def remember_key(self, digest: str, principal: Principal) -> None:
+        """PostgreSQL: the principal a gateway key (by its digest) was just read to be."""
+        if self._remember and principal.key_id is not None:
+            if len(self._keys) >= KNOWN_MAX:
+                self._keys.clear()
+            self._keys[digest] = principal
+
+    def key_principal(self, digest: str) -> Principal | None:
+        """PostgreSQL: the principal remembered for a key, to admit under with
+        `admit(..., verify=True, api_key=(principal.key_id, digest))`; else None."""
+        return self._keys.get(digest)
+
+    def forget_key(self, digest: str) -> None:
+        self._keys.pop(digest, None)
+
     # -- admission ----------------------------------------------------------------------------
 
     def admit(
@@ -199,6 +218,7 @@ class BudgetGate:
         *,
         wait: bool = True,
         verify: bool = False,
+        api_key: tuple[int, str] | None = None,
     ) -> Refusal | None:
         """Reserve the claim's worst case under `budgets`, atomically across servers; a
         Refusal (nothing reserved) when one of them has no room. `writer`: the connection to
@@ -206,7 +226,8 @@ class BudgetGate:
         the event loop) it raises fast.Busy, having done nothing, while another connection
         holds the write lock. With `verify` (PostgreSQL; `budgets` from `known`) it raises
         StaleCovering, having done nothing, unless `budgets` are still all the enforced
-        budgets covering the claim, unchanged."""
+        budgets covering the claim, unchanged, and, with `api_key` (the id and digest of the
+        caller's key, from `key_principal`), unless that key is still there."""
         now = datetime.now(UTC)
         week = week_of(claim.occurred_at, self.db.tz)
         windows = [budget_window(b, claim.occurred_at, self.db.tz) for b in budgets]
@@ -245,7 +266,7 @@ class BudgetGate:
                     batch, settling = self._take()
                     try:
                         states, admitted, fresh = repo.admit_if_room(
-                            on, budgets, windows, now, hold, call, settling
+                            on, budgets, windows, now, hold, call, settling, api_key
                         )
                     except BaseException:
                         self._finish(batch, settling, made=False)

@@ -130,18 +130,22 @@ _STATES_MAX = 1024
 
 
 def _statements(
-    budgets: Sequence[BudgetRow], windows: Sequence[Window], tags: int | None = None
+    budgets: Sequence[BudgetRow],
+    windows: Sequence[Window],
+    tags: int | None = None,
+    api_key: bool = False,
 ) -> tuple[FastStatement, Procedure]:
     """(SQLite's read of the budgets' states; PostgreSQL's admission: the lock of their rows,
     then the conditional INSERT). With `tags` (the number of the call's tags), the admission
     also checks that `budgets` are still, unchanged, all the enforced budgets covering the
-    call (`_still_covering`), and inserts nothing otherwise."""
+    call (`_still_covering`), and inserts nothing otherwise; with `api_key`, also that the
+    caller's key is still there (`_key_still_valid`)."""
     key: tuple[Any, ...] = tuple(
         (b.id, b.scope, b.subject, w.kind, w.start, w.end)
         for b, w in zip(budgets, windows, strict=True)
     )
     if tags is not None:
-        key += (tags, *(b.updated_at for b in budgets))
+        key += (tags, api_key, *(b.updated_at for b in budgets))
     found = _STATES.get(key)
     if found is None:
         ids = sorted(b.id for b in budgets)
@@ -151,6 +155,8 @@ def _statements(
         states = (sa.union_all(*parts) if len(parts) > 1 else parts[0]).subquery("states")
         read = FastStatement(sa.select(states).order_by(states.c.id))
         fresh = None if tags is None else _still_covering(budgets, tags)
+        if fresh is not None and api_key:
+            fresh = sa.and_(fresh, _key_still_valid())
         found = (read, Procedure(FastStatement(lock), _SETTLE_MANY, _admission(parts, fresh)))
         if len(_STATES) >= _STATES_MAX:
             _STATES.clear()
@@ -173,6 +179,20 @@ def _still_covering(budgets: Sequence[BudgetRow], tags: int) -> Any:
         .scalar_subquery()
     )
     return sa.and_(~others, same == len(ids))
+
+
+def _key_still_valid() -> Any:
+    """True if the API key read for an earlier call (its id and digest) is still there and
+    unexpired: keys are never changed, only created and deleted (revoked, erased), so it
+    still stands for the same principal."""
+    k = models.ApiKey
+    return sa.exists(
+        sa.select(k.id).where(
+            k.id == sa.bindparam("key_id", type_=sa.Integer()),
+            k.key_hash == sa.bindparam("key_digest", type_=sa.String()),
+            sa.or_(k.expires_at.is_(None), k.expires_at > _NOW),
+        )
+    )
 
 
 def _state_of(budget: BudgetRow, window: Window) -> sa.Select[Any]:
@@ -397,6 +417,7 @@ def admit_if_room(
     hold: dict[str, Any],
     call: tuple[str | None, str | None, dict[str, str] | None] | None = None,
     settlements: Sequence[Settlement] = (),
+    api_key: tuple[int, str] | None = None,
 ) -> tuple[list[BudgetState], bool, bool]:
     """PostgreSQL, as one statement (`writer` in autocommit: its own transaction, one round
     trip): lock the budgets' rows, in id order (so that admissions to a budget run one at a
@@ -407,13 +428,17 @@ def admit_if_room(
     enforced budgets covering it, unchanged. -> (the budgets' states as that statement read
     them, whether the hold was inserted, whether `budgets` were still those of the call).
     `settlements`: this server's, made first in the same transaction, after the locks (the
-    states read see them); committed whether or not the hold is inserted."""
+    states read see them); committed whether or not the hold is inserted. `api_key` (with
+    `call`): the id and digest of the caller's key, read for an earlier call: only if it is
+    still there, too."""
     tags = None if call is None else len(call[2] or {})
-    _, admission = _statements(budgets, windows, tags)
+    _, admission = _statements(budgets, windows, tags, api_key is not None)
     params = {f"h_{c}": v for c, v in hold.items()}
     params.update(now=now, worst=hold["amount_units"])
     if call is not None:
         params.update(_call_params(*call))
+    if api_key is not None:
+        params.update(key_id=api_key[0], key_digest=api_key[1])
     params.update(settle_params(settlements) if settlements else NOTHING_TO_SETTLE)
     found = admission.run(writer, params)
     states = [_state(r) for r in found if r.id is not None]

@@ -46,7 +46,7 @@ from meter.gateway.proxy import (
 )
 from meter.gateway.request import TAGS_HEADER, GatewayRequest, parse_request, parse_tags_header
 from meter.ids import uuid7
-from meter.keys import Principal, any_keys, principal_for_key
+from meter.keys import Principal, any_keys, hash_key, note_use, principal_for_key, use_is_due
 from meter.metrics import GATEWAY_CALLS
 from meter.money import format_decimal
 from meter.settings import Settings
@@ -179,11 +179,9 @@ def _authenticate(
     reader: fast.Reader | None = None,
     later: list[Callable[[], None]] | None = None,
 ) -> Principal | Response:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
+    token = _bearer(request)
     unauthorized = {"WWW-Authenticate": "Bearer"}
-    if scheme.lower() != "bearer" or not token:
+    if token is None:
         if not any_keys(gateway.db, gateway.settings):
             return Principal(role="gateway")  # open mode: loopback only, unattributed
         return openai_error(
@@ -355,11 +353,23 @@ def _admission(
     inline = later is not None
     writes: list[Callable[[], None]] = later if later is not None else []
     reserved: Reserved = None
+    read = False  # the admission's reads done: its writes are due
     try:
         with fast.reading(gateway.db.engine, reader) as on:
+            if not inline and req is not None:
+                remembered = _admit_remembered(
+                    request, gateway, req, header_tags, event_id, occurred_at, on, writes
+                )
+                if remembered is not None:
+                    read = True
+                    return remembered
             principal = _authenticate(request, gateway, on, writes)
             if isinstance(principal, Response):
                 return principal
+            if not inline and principal.role == "gateway":
+                token = _bearer(request)
+                if token is not None:
+                    gateway.gate.remember_key(hash_key(token), principal)
             tags = principal.tags or header_tags
             budgets: list[BudgetRow] | BudgetUnavailable = []
             user = None
@@ -388,14 +398,68 @@ def _admission(
                     # and ping); on the event loop, by the caller.
                     if claim is not None:
                         reserved = claim if inline else _reserve_claim(gateway, claim, budgets, on)
+        read = True
     except sa.exc.OperationalError as exc:
         return _database_unreachable(exc)
-    if not inline:
-        # After the connection is back: a write that waited for a second connection while
-        # holding the first could wait for ever once every thread did the same.
-        for write in writes:
-            write()
+    finally:
+        if read and not inline:
+            # After the connection is back: a write that waited for a second connection
+            # while holding the first could wait for ever once every thread did the same.
+            for write in writes:
+                write()
     return principal, tags, budgets, reserved
+
+
+def _admit_remembered(
+    request: Request,
+    gateway: Gateway,
+    req: GatewayRequest,
+    header_tags: Tags,
+    event_id: uuid.UUID,
+    occurred_at: datetime,
+    on: fast.Reader,
+    writes: list[Callable[[], None]],
+) -> Admission | None:
+    """PostgreSQL: a call whose key and covering budgets were read for an earlier call,
+    admitted in one round trip: its reservation made only if, in the same statement, the key
+    is still there and the budgets still are all the call's, unchanged (BudgetGate.admit).
+    None when it cannot be: nothing was reserved, and the caller reads the key and the
+    budgets (a revoked key is refused there)."""
+    token = _bearer(request)
+    principal = None if token is None else gateway.gate.key_principal(hash_key(token))
+    if token is None or principal is None or principal.key_id is None:
+        return None
+    tags = principal.tags or header_tags
+    if isinstance(tags, InvalidRequest):
+        return None
+    user = principal.user or req.body_user
+    known = gateway.gate.known(principal.team, user, tags)
+    claim = _claim(gateway, req, principal, user, tags, event_id, occurred_at)
+    if not known or claim is None:
+        return None
+    digest = hash_key(token)
+    try:
+        reserved = _reserve_claim(
+            gateway, claim, known, on, verify=True, api_key=(principal.key_id, digest)
+        )
+    except StaleCovering:
+        gateway.gate.forget_key(digest)
+        return None
+    key_id, now = principal.key_id, datetime.now(UTC)
+    if use_is_due(gateway.db.engine, key_id, None, now):
+
+        def note() -> None:
+            with gateway.db.engine.connect() as conn:
+                note_use(conn, key_id, None, now)
+
+        writes.append(note)
+    return principal, tags, known, reserved
+
+
+def _bearer(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
 
 
 def _claim(
@@ -434,13 +498,16 @@ def _reserve_claim(
     *,
     wait: bool = True,
     verify: bool = False,
+    api_key: tuple[int, str] | None = None,
 ) -> Reserved:
     """The claim reserved under its budgets, or why it could not be; on `writer` if given
     (with `wait=False`, fast.Busy while another connection writes), else on a pooled one.
     With `verify`, StaleCovering when `budgets` are no longer the claim's (BudgetGate.admit)."""
     assert isinstance(budgets, list)
     try:
-        return claim, gateway.gate.admit(claim, budgets, writer, wait=wait, verify=verify)
+        return claim, gateway.gate.admit(
+            claim, budgets, writer, wait=wait, verify=verify, api_key=api_key
+        )
     except BudgetUnavailable as exc:
         return exc
 
