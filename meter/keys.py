@@ -228,14 +228,25 @@ def principal_for_key(
         return None
     if is_expired(row.expires_at, now):
         return None
-    if use_is_due(db.engine, row.id, row.last_used_at, now):
-
-        def note() -> None:
-            with db.engine.connect() as conn:
-                note_use(conn, row.id, row.last_used_at, now)
-
+    note = use_note(db.engine, row.id, row.last_used_at, now)
+    if note is not None:
         if later is None:
             note()
         else:
             later.append(note)
     return principal_of_row(row)
+
+
+def use_note(
+    engine: sa.Engine, key_id: int, last_used_at: datetime | None, now: datetime
+) -> Callable[[], None] | None:
+    """The write of a key's last use in a connection of its own (`note_use`), when it is due;
+    for the caller to run where it may wait. `last_used_at`: as just read (None: unknown)."""
+    if not use_is_due(engine, key_id, last_used_at, now):
+        return None
+
+    def note() -> None:
+        with engine.connect() as conn:
+            note_use(conn, key_id, last_used_at, now)
+
+    return note

@@ -51,10 +51,11 @@ meter's cost, never the provider's `usage.cost`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -249,29 +250,18 @@ class BudgetGate:
         try:
             with fast.reading(self.db.engine, writer) as on:
                 if on.is_sqlite:
-                    batch, settling = self._take()
-                    try:
-                        with on.transaction(wait=wait):
-                            repo.settle(on, settling)  # the calls that ended, first
-                            states = repo.budget_states(on, budgets, windows, now)
-                            refusal = _refusal(states, claim.worst_case_units)
-                            if refusal is None:
-                                repo.insert_hold(on, hold)
-                    except BaseException:
-                        self._finish(batch, settling, made=False)
-                        raise
-                    self._finish(batch, settling, made=True)
+                    with self._carried() as settling, on.transaction(wait=wait):
+                        repo.settle(on, settling)  # the calls that ended, first
+                        states = repo.budget_states(on, budgets, windows, now)
+                        refusal = _refusal(states, claim.worst_case_units)
+                        if refusal is None:
+                            repo.insert_hold(on, hold)
                 else:  # the lock and the conditional INSERT: one statement, committed
                     call = (claim.team, claim.user, claim.tags) if verify else None
-                    batch, settling = self._take()
-                    try:
+                    with self._carried() as settling:
                         states, admitted, fresh = repo.admit_if_room(
                             on, budgets, windows, now, hold, call, settling, api_key
                         )
-                    except BaseException:
-                        self._finish(batch, settling, made=False)
-                        raise
-                    self._finish(batch, settling, made=True)
                     if not fresh:
                         raise StaleCovering()
                     refusal = None if admitted else _refusal(states, claim.worst_case_units)
@@ -303,18 +293,12 @@ class BudgetGate:
         whose provider figures can still be looked up, keeps its full reservation). `writer`
         and `wait` as for `admit`: with `wait=False` it raises fast.Busy, having done
         nothing, while another connection holds the write lock."""
-        settlement = self._settlement(claim, cost_units, awaiting_lookup)
         try:
             # Not flushed (PostgreSQL), and losing it in a crash of the database loses nothing
             # that matters: the hold is open again, counts its whole reservation (more than
             # the cost, never less) until it expires or the roll-up counts its event, as when
             # a server dies before settling.
-            with fast.reading(self.db.engine, writer) as on:
-                if on.is_sqlite:
-                    with on.transaction(wait=wait):
-                        repo.settle(on, [settlement])
-                else:  # one statement, its own transaction
-                    repo.settle(on, [settlement])
+            self._make([self._settlement(claim, cost_units, awaiting_lookup)], writer, wait)
         except fast.Busy:
             raise
         except Exception:
@@ -336,6 +320,16 @@ class BudgetGate:
         if awaiting_lookup:
             return repo.Settlement(claim.event_id, repo.HELD, claim.worst_case_units, claim.tags)
         return repo.Settlement(claim.event_id, repo.SETTLED, cost_units, claim.tags)
+
+    def _make(
+        self, settlements: list[repo.Settlement], writer: fast.Reader | None, wait: bool
+    ) -> None:
+        """Settlements in a transaction of their own (PostgreSQL: one statement)."""
+        with (
+            fast.reading(self.db.engine, writer) as on,
+            on.transaction(wait=wait) if on.is_sqlite else contextlib.nullcontext(),
+        ):
+            repo.settle(on, settlements)
 
     # -- settlements made by the next admission, or by a batch ------------------------------
 
@@ -374,6 +368,18 @@ class BudgetGate:
                 self._unsettled[:0] = taken
             self._settled.notify_all()
 
+    @contextlib.contextmanager
+    def _carried(self) -> Iterator[list[repo.Settlement]]:
+        """The settlements left, taken by a statement that makes them; left again if it
+        fails (for the next admission, or `flush`)."""
+        batch, taken = self._take()
+        try:
+            yield taken
+        except BaseException:
+            self._finish(batch, taken, made=False)
+            raise
+        self._finish(batch, taken, made=True)
+
     def flush(self, writer: fast.Reader | None = None, *, wait: bool = True) -> None:
         """Make the settlements left, in a transaction of their own (on PostgreSQL one
         statement). `writer` and `wait` as for `admit`: with `wait=False` it raises fast.Busy,
@@ -382,12 +388,7 @@ class BudgetGate:
         if not taken:
             return
         try:
-            with fast.reading(self.db.engine, writer) as on:
-                if on.is_sqlite:
-                    with on.transaction(wait=wait):
-                        repo.settle(on, taken)
-                else:
-                    repo.settle(on, taken)
+            self._make(taken, writer, wait)
         except fast.Busy:
             self._finish(batch, taken, made=False)
             raise

@@ -324,12 +324,6 @@ _SETTLE_SQLITE, _SETTLE_MANY = _settle_statements()
 # PostgreSQL's settlements alone: their own transaction, whose commit is not flushed
 # (BudgetGate.settle says why that is harmless).
 _SETTLE_PG = Procedure(_SETTLE_MANY, unflushed=True)
-NOTHING_TO_SETTLE: dict[str, list[Any]] = {
-    "settle_holds": [],
-    "settle_states": [],
-    "settle_amounts": [],
-    "settle_keys": [],
-}
 
 
 @dataclass(frozen=True)
@@ -439,7 +433,7 @@ def admit_if_room(
         params.update(_call_params(*call))
     if api_key is not None:
         params.update(key_id=api_key[0], key_digest=api_key[1])
-    params.update(settle_params(settlements) if settlements else NOTHING_TO_SETTLE)
+    params.update(settle_params(settlements))
     found = admission.run(writer, params)
     states = [_state(r) for r in found if r.id is not None]
     return states, bool(found[0].admitted), bool(found[0].fresh)

@@ -46,7 +46,7 @@ from meter.gateway.proxy import (
 )
 from meter.gateway.request import TAGS_HEADER, GatewayRequest, parse_request, parse_tags_header
 from meter.ids import uuid7
-from meter.keys import Principal, any_keys, hash_key, note_use, principal_for_key, use_is_due
+from meter.keys import Principal, any_keys, hash_key, principal_for_key, use_note
 from meter.metrics import GATEWAY_CALLS
 from meter.money import format_decimal
 from meter.settings import Settings
@@ -354,11 +354,14 @@ def _admission(
     writes: list[Callable[[], None]] = later if later is not None else []
     reserved: Reserved = None
     read = False  # the admission's reads done: its writes are due
+    # PostgreSQL (not inline): the key's digest, for the principal remembered for it
+    token = None if inline else _bearer(request)
+    digest = None if token is None else hash_key(token)
     try:
         with fast.reading(gateway.db.engine, reader) as on:
-            if not inline and req is not None:
+            if digest is not None and req is not None:
                 remembered = _admit_remembered(
-                    request, gateway, req, header_tags, event_id, occurred_at, on, writes
+                    gateway, digest, req, header_tags, event_id, occurred_at, on, writes
                 )
                 if remembered is not None:
                     read = True
@@ -366,10 +369,8 @@ def _admission(
             principal = _authenticate(request, gateway, on, writes)
             if isinstance(principal, Response):
                 return principal
-            if not inline and principal.role == "gateway":
-                token = _bearer(request)
-                if token is not None:
-                    gateway.gate.remember_key(hash_key(token), principal)
+            if digest is not None and principal.role == "gateway":
+                gateway.gate.remember_key(digest, principal)
             tags = principal.tags or header_tags
             budgets: list[BudgetRow] | BudgetUnavailable = []
             user = None
@@ -411,8 +412,8 @@ def _admission(
 
 
 def _admit_remembered(
-    request: Request,
     gateway: Gateway,
+    digest: str,
     req: GatewayRequest,
     header_tags: Tags,
     event_id: uuid.UUID,
@@ -425,9 +426,8 @@ def _admit_remembered(
     is still there and the budgets still are all the call's, unchanged (BudgetGate.admit).
     None when it cannot be: nothing was reserved, and the caller reads the key and the
     budgets (a revoked key is refused there)."""
-    token = _bearer(request)
-    principal = None if token is None else gateway.gate.key_principal(hash_key(token))
-    if token is None or principal is None or principal.key_id is None:
+    principal = gateway.gate.key_principal(digest)
+    if principal is None or principal.key_id is None:
         return None
     tags = principal.tags or header_tags
     if isinstance(tags, InvalidRequest):
@@ -437,7 +437,6 @@ def _admit_remembered(
     claim = _claim(gateway, req, principal, user, tags, event_id, occurred_at)
     if not known or claim is None:
         return None
-    digest = hash_key(token)
     try:
         reserved = _reserve_claim(
             gateway, claim, known, on, verify=True, api_key=(principal.key_id, digest)
@@ -445,13 +444,8 @@ def _admit_remembered(
     except StaleCovering:
         gateway.gate.forget_key(digest)
         return None
-    key_id, now = principal.key_id, datetime.now(UTC)
-    if use_is_due(gateway.db.engine, key_id, None, now):
-
-        def note() -> None:
-            with gateway.db.engine.connect() as conn:
-                note_use(conn, key_id, None, now)
-
+    note = use_note(gateway.db.engine, principal.key_id, None, datetime.now(UTC))
+    if note is not None:
         writes.append(note)
     return principal, tags, known, reserved
 
